@@ -1,0 +1,52 @@
+"""The `ddpm` command: the pipeline's steps for use outside DVC, plus ad-hoc tools.
+
+Every command prints one line and exits 2 on a problem the user can fix
+(`ddpm.errors.DdpmError`); `--help` works on each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ddpm.config import DataConfig, ModelConfig
+from ddpm.errors import one_line_errors
+
+app = typer.Typer(help="Denoising diffusion models on face images: prepare data, train, "
+                       "sample and evaluate.", no_args_is_help=True, add_completion=False)
+
+_DATA, _MODEL = DataConfig(), ModelConfig()
+
+
+@app.command()
+@one_line_errors
+def prepare(
+    source: str = typer.Argument(..., help="'demo', a folder of images, a .zip/.tar archive, "
+                                           "or Parquet file(s) with an image column."),
+    out: Path = typer.Argument(..., help="Output folder for the Parquet shards and manifest."),
+    crop: str = typer.Option(_DATA.crop, help="celeba | center | none"),
+    img_size: int = typer.Option(_MODEL.img_size, help="Side of the square output images (px)."),
+    holdout_fraction: float = typer.Option(_DATA.holdout_fraction,
+                                           help="Share of images held out (by key hash)."),
+    min_size: int = typer.Option(_DATA.min_size, help="Skip images smaller than this after crop."),
+    shard_size: int = typer.Option(_DATA.shard_size, help="Images per Parquet shard."),
+    workers: int = typer.Option(_DATA.workers, help="Worker processes (0 = all cores)."),
+    demo_size: int = typer.Option(_DATA.demo_size, help="Images in the demo set."),
+    seed: int = typer.Option(_DATA.seed, help="Seed of the demo set."),
+) -> None:
+    """Prepare a data set: decode, convert to RGB, crop, resize, split, write Parquet shards."""
+    from ddpm.config import build_section
+    from ddpm.data.prepare import prepare_dataset, summary
+
+    data = build_section(DataConfig, dict(source=source, crop=crop,
+                                          holdout_fraction=holdout_fraction, min_size=min_size,
+                                          shard_size=shard_size, workers=workers,
+                                          demo_size=demo_size, seed=seed), "data")
+    build_section(ModelConfig, dict(img_size=img_size), "model")
+    manifest = prepare_dataset(data, img_size, out)
+    typer.echo(summary(manifest, out))
+
+
+if __name__ == "__main__":
+    app()

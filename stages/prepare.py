@@ -1,0 +1,22 @@
+"""DVC stage `prepare`: params.yaml (data.*, model.img_size) → data/prepared."""
+
+from pathlib import Path
+
+import typer
+
+from ddpm.config import load_params
+from ddpm.data.prepare import prepare_dataset, summary
+from ddpm.errors import one_line_errors
+
+
+@one_line_errors
+def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+         out: Path = typer.Option(Path("data/prepared"), help="Output folder.")) -> None:
+    """Prepare the data set named by data.source for training."""
+    config = load_params(params)
+    manifest = prepare_dataset(config.data, config.model.img_size, out)
+    print(summary(manifest, out))
+
+
+if __name__ == "__main__":
+    typer.run(main)
