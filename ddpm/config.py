@@ -49,7 +49,7 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["unet"] = "unet"
     img_size: int = _bounded(32, ge=8)
-    channels: list[int] = _list([32, 64, 128])
+    channels: list[int] = _bounded([32, 64, 128], ge=1)
     down_attn: list[bool] = _list([False, False])
     down_channel_indices: list[list[int]] = _list([[0, 0], [0, 1]])
     mid_attn: list[bool] = _list([True, False])

@@ -1,0 +1,29 @@
+"""Print the params reference (markdown) from params.yaml's own comments, for the README.
+
+    python scripts/params_table.py > /tmp/params.md
+"""
+
+import re
+from pathlib import Path
+
+import yaml
+
+LINE = re.compile(r"^  (\w+):\s*(.*?)\s+#\s*(.*)$")
+
+
+def main(path: Path = Path("params.yaml")) -> None:
+    section = None
+    for line in path.read_text().splitlines():
+        if re.match(r"^\w+:\s*$", line):
+            section = line.rstrip(":")
+            print(f"\n**{section}**\n\n| key | default | meaning |\n| --- | --- | --- |")
+            continue
+        match = LINE.match(line)
+        if match and section:
+            key, value, comment = match.groups()
+            shown = yaml.safe_load(value)
+            print(f"| `{section}.{key}` | `{shown}` | {comment.replace('|', '/')} |")
+
+
+if __name__ == "__main__":
+    main()

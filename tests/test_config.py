@@ -1,0 +1,52 @@
+"""Config validation: one clear line naming key, value and what is allowed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddpm.config import ConfigError, load_params, params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"model": {"img_sz": 64}}, "model.img_sz: unknown key; allowed keys are arch, img_size"),
+    ({"modle": {}}, "modle: unknown section"),
+    ({"model": {"img_size": "64"}}, "model.img_size = '64': must be an integer"),
+    ({"model": {"img_size": 4}}, "model.img_size = 4: must be >= 8"),
+    ({"data": {"crop": "middle"}}, "data.crop = 'middle': must be one of 'celeba', 'center', 'none'"),
+    ({"data": {"holdout_fraction": 1.0}}, "data.holdout_fraction = 1.0: must be > 0.0 and < 1.0"),
+    ({"model": {"down_attn": [True, "no"]}}, "model.down_attn[1] = 'no': must be true or false"),
+    ({"model": {"channels": [32, 0]}}, "model.channels = [32, 0]: must be >= 1"),
+    ({"train": {"hflip": 1}}, "train.hflip = 1: must be true or false"),
+    ({"model": "big"}, "model: must be a mapping"),
+])
+def test_bad_values_name_key_value_and_allowed(raw, message):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(raw)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_ints_are_accepted_for_floats_and_sections_default():
+    params = params_from_dict({"train": {"lr": 1}, "model": {"img_size": 64}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.model.img_size == 64 and params.data.source == "demo"
+
+
+def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
+    (tmp_path / "params.yaml").write_text("model:\n  img_size: big\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params",
+                           str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: model.img_size = 'big': must be an integer"
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
