@@ -1,0 +1,19 @@
+"""Diffusion maths: noise schedules, the forward process and losses, samplers.
+
+Modules in dependency order: `schedules` → `forward` → `samplers`. Nothing here
+knows about Lightning, DVC or params.yaml.
+"""
+
+from ddpm.diffusion.forward import (loss_per_timestep, predict_x0_and_eps, prediction_target,
+                                    q_sample, training_loss)
+from ddpm.diffusion.samplers import (SampleResult, ddim_sample, ddim_timesteps, ddpm_sample,
+                                     initial_noise, sample_generators)
+from ddpm.diffusion.schedules import (SCHEDULES, NoiseSchedule, cosine_betas, extract,
+                                      linear_betas)
+
+__all__ = [
+    "SCHEDULES", "NoiseSchedule", "cosine_betas", "extract", "linear_betas",
+    "loss_per_timestep", "predict_x0_and_eps", "prediction_target", "q_sample", "training_loss",
+    "SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_sample", "initial_noise",
+    "sample_generators",
+]

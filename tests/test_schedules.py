@@ -1,0 +1,129 @@
+"""Noise schedules against their closed forms (Ho et al. 2020; Nichol & Dhariwal 2021)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.diffusion.schedules import (SCHEDULES, NoiseSchedule, cosine_betas, extract,
+                                      linear_betas)
+from ddpm.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("T", [1000, 100, 21])
+def test_betas_in_open_unit_interval_and_alpha_bar_decreasing(name, T):
+    betas = SCHEDULES[name](T)
+    assert betas.dtype == torch.float64 and betas.shape == (T,)
+    assert bool(((betas > 0) & (betas < 1)).all())
+    alphas_cumprod = NoiseSchedule.from_betas(betas).alphas_cumprod
+    assert bool((alphas_cumprod[1:] < alphas_cumprod[:-1]).all())
+    assert 0 < alphas_cumprod[-1] < alphas_cumprod[0] < 1
+
+
+def test_schedules_registry_holds_real_functions():
+    assert SCHEDULES == {"linear": linear_betas, "cosine": cosine_betas}
+    assert all(inspect.isfunction(f) for f in SCHEDULES.values())
+
+
+def test_linear_endpoints():
+    betas = linear_betas(1000)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12)
+    assert betas[-1].item() == pytest.approx(0.02, rel=1e-12)
+    step = torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64)
+    assert torch.allclose(betas.diff(), step)
+    # improved-diffusion's rescaling keeps the schedule's shape for other T.
+    betas_100 = linear_betas(100)
+    assert betas_100[0].item() == pytest.approx(1e-3, rel=1e-12)
+    assert betas_100[-1].item() == pytest.approx(0.2, rel=1e-12)
+    # β_T = 20/T reaches 1 at T = 20: refuse rather than return an invalid schedule.
+    with pytest.raises(ConfigError, match=r"^diffusion\.timesteps = 20: must be > 20"):
+        NoiseSchedule.from_name("linear", 20)
+    assert bool((cosine_betas(2) < 1).all())
+
+
+@pytest.mark.parametrize("T", [1000, 50])
+def test_cosine_alpha_bar_matches_closed_form_where_clip_inactive(T):
+    s, max_beta = 0.008, 0.999
+    betas = cosine_betas(T, s=s, max_beta=max_beta)
+    alphas_cumprod = NoiseSchedule.from_betas(betas).alphas_cumprod.numpy()
+
+    def f(t):
+        return np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2
+
+    paper_t = np.arange(1, T + 1)  # code index t is the paper's t+1
+    closed_form = f(paper_t) / f(0)
+    # Once β has been clipped, every later ᾱ differs from the closed form.
+    unclipped = np.cumsum(betas.numpy() >= max_beta) == 0
+    assert unclipped.sum() >= T - 1
+    np.testing.assert_allclose(alphas_cumprod[unclipped], closed_form[unclipped], rtol=1e-10)
+    # f(T) = 0, so the last β is the clip value: the clip is what keeps β < 1.
+    assert betas[-1].item() == max_beta
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_posterior_matches_bayes_rule(name):
+    """q(x_{t−1} | x_t, x_0) ∝ q(x_t | x_{t−1}) q(x_{t−1} | x_0): multiply the two Gaussians.
+
+    Precision 1/β̃ = α_t/β_t + 1/(1 − ᾱ_{t−1});
+    mean β̃·(√α_t/β_t · x_t + √ᾱ_{t−1}/(1 − ᾱ_{t−1}) · x_0).
+    An independent route to Ho et al. eq. 7, valid from the paper's t = 2 (code t = 1).
+    """
+    sched = NoiseSchedule.from_name(name, 1000)
+    betas = sched.betas.numpy()
+    alphas = 1 - betas
+    ab = np.cumprod(alphas)
+    ab_prev = ab[:-1]
+    b, a = betas[1:], alphas[1:]
+    variance = 1 / (a / b + 1 / (1 - ab_prev))
+    np.testing.assert_allclose(sched.posterior_variance[1:].numpy(), variance, rtol=1e-9)
+    np.testing.assert_allclose(sched.posterior_mean_coef1[1:].numpy(),
+                               variance * np.sqrt(ab_prev) / (1 - ab_prev), rtol=1e-9)
+    np.testing.assert_allclose(sched.posterior_mean_coef2[1:].numpy(),
+                               variance * np.sqrt(a) / b, rtol=1e-9)
+    # Paper's t = 1: x_0 is known exactly given x_1 and x_0, so β̃ = 0 and μ̃ = x_0.
+    assert sched.posterior_variance[0].item() == 0
+    assert sched.posterior_mean_coef1[0].item() == pytest.approx(1, abs=1e-12)
+    assert sched.posterior_mean_coef2[0].item() == 0
+    np.testing.assert_allclose(sched.posterior_log_variance_clipped.numpy(),
+                               np.log(np.concatenate([variance[:1], variance])), rtol=1e-9)
+
+
+def test_schedule_fields_are_consistent():
+    sched = NoiseSchedule.from_name("linear", 1000)
+    assert sched.timesteps == 1000
+    for name in ["alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"]:
+        assert getattr(sched, name).dtype == torch.float64
+    assert sched.alphas_cumprod_prev[0].item() == 1
+    assert torch.equal(sched.alphas_cumprod_prev[1:], sched.alphas_cumprod[:-1])
+    assert torch.allclose(sched.sqrt_alphas_cumprod**2 + sched.sqrt_one_minus_alphas_cumprod**2,
+                          torch.ones(1000, dtype=torch.float64))
+
+
+def test_log_snr():
+    sched = NoiseSchedule.from_name("cosine", 1000)
+    t = torch.arange(1000)
+    ab = sched.alphas_cumprod
+    assert torch.allclose(sched.log_snr(t), torch.log(ab / (1 - ab)))
+    assert bool((sched.log_snr(t).diff() < 0).all())
+    assert sched.log_snr(3).item() == pytest.approx(math.log(ab[3] / (1 - ab[3])))
+
+
+def test_from_name_rejects_unknown_schedule():
+    with pytest.raises(ConfigError, match=r"^diffusion\.schedule = 'sigmoid': must be one of"):
+        NoiseSchedule.from_name("sigmoid", 1000)
+    with pytest.raises(ConfigError, match=r"^diffusion\.timesteps"):
+        NoiseSchedule.from_name("linear", 1)
+
+
+def test_extract_gathers_casts_and_broadcasts():
+    sched = NoiseSchedule.from_name("linear", 1000)
+    t = torch.tensor([0, 999, 500])
+    out = extract(sched.alphas_cumprod, t, (3, 3, 8, 8))
+    assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
+    assert torch.equal(out.flatten(), sched.alphas_cumprod[t].float())
+    assert extract(sched.betas, t, (3, 5), torch.float64).shape == (3, 1)
