@@ -107,8 +107,12 @@ class SampleConfig:
     variance: Literal["small", "large"] = "small"
     clip_x0: bool = True
     batch_size: int = _bounded(100, ge=1)
+    shard_size: int = _bounded(1000, ge=1)
     seed: int = 0
     use_ema: bool = True
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = _bounded(1, ge=1)
+    num_nodes: int = _bounded(1, ge=1)
 
 
 @dataclass(frozen=True)

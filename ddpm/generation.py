@@ -1,0 +1,232 @@
+"""Generate N samples as uint8 shards: deterministic per index, resumable, sharded over devices.
+
+Sample i draws all its noise from its own generator seeded by (seed, i)
+(`ddpm.diffusion.samplers.sample_generators`), so its pixels do not depend on
+the batch size, the number of devices, or interruptions.
+
+Output folder:
+    shard-00000.npy ...   uint8 [k, H, W, 3]; shard s holds indices s·shard_size ... (< n)
+    fingerprint.json      what the shards were made with (weights hash + sampler settings)
+    manifest.json         n, shards, settings, throughput
+    grid.png              the first 64 samples, for people to look at
+    trajectory.gif        x_t and the predicted x0 along the sampling steps (log #6)
+
+Resuming: shards are written under a temporary name and renamed, so a shard
+file is either complete or absent. A rerun with the same fingerprint keeps
+every finished shard; a different fingerprint clears the folder first. `n`
+is not part of the fingerprint, so raising it extends an existing run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ddpm.config import SampleConfig, to_dict
+from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
+from ddpm.training.callbacks import grid_image, to_uint8
+from ddpm.weights import WEIGHTS_FILES, load_model
+
+GRID_SIZE = 64
+TRAJECTORY_SEEDS = 6
+TRAJECTORY_FRAMES = 25
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Settings that do not change any image: a run may resume or extend with other values.
+NOT_FINGERPRINTED = ("n", "batch_size", "accelerator", "devices", "num_nodes")
+
+
+def sample_fingerprint(model_dir: Path, sample: SampleConfig, device_type: str) -> dict:
+    settings = {k: v for k, v in to_dict(sample).items() if k not in NOT_FINGERPRINTED}
+    weights = model_dir / WEIGHTS_FILES[sample.use_ema]
+    # CPU and GPU kernels round differently: shards from both must not mix.
+    return {"weights_sha256": file_sha256(weights), "sample": settings,
+            "device_type": device_type}
+
+
+def shard_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"shard-{shard:05d}.npy"
+
+
+def shard_indices(sample: SampleConfig, shard: int) -> range:
+    return range(shard * sample.shard_size, min((shard + 1) * sample.shard_size, sample.n))
+
+
+def shard_count(sample: SampleConfig) -> int:
+    return (sample.n + sample.shard_size - 1) // sample.shard_size
+
+
+def shard_done(out_dir: Path, sample: SampleConfig, shard: int) -> bool:
+    path = shard_path(out_dir, shard)
+    if not path.is_file():
+        return False
+    return np.load(path, mmap_mode="r").shape[0] == len(shard_indices(sample, shard))
+
+
+def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
+                img_size: int, device, trajectory_frames: int = 0):
+    """Samples for `indices` (a batch) with the configured sampler; a SampleResult."""
+    generators = sample_generators(sample.seed, indices)
+    noise = initial_noise(generators, (3, img_size, img_size), device)
+    common = dict(prediction=prediction, clip_x0=sample.clip_x0,
+                  trajectory_frames=trajectory_frames)
+    if sample.sampler == "ddpm":
+        return ddpm_sample(net, schedule, noise, generators, variance=sample.variance, **common)
+    return ddim_sample(net, schedule, noise, generators, steps=sample.steps, eta=sample.eta,
+                       spacing=sample.spacing, **common)
+
+
+def write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Generator:
+    """Generates the shards assigned to one rank."""
+    net: torch.nn.Module
+    schedule: object
+    sample: SampleConfig
+    prediction: str
+    img_size: int
+    device: torch.device
+
+    def shard(self, out_dir: Path, shard: int, bar: tqdm) -> None:
+        indices = shard_indices(self.sample, shard)
+        images = []
+        for start in range(indices.start, indices.stop, self.sample.batch_size):
+            batch = range(start, min(start + self.sample.batch_size, indices.stop))
+            result = run_sampler(self.net, self.schedule, self.sample, self.prediction, batch,
+                                 self.img_size, self.device)
+            images.append(to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
+            bar.update(len(batch))
+        pixels = np.concatenate(images)  # [k, H, W, 3] uint8
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, pixels)
+
+        write_atomically(shard_path(out_dir, shard), save)
+
+
+def prepare_output(out_dir: Path, expected: dict) -> None:
+    """Keep finished shards made with the same fingerprint; otherwise start clean."""
+    path = out_dir / "fingerprint.json"
+    if out_dir.exists() and (not path.is_file() or json.loads(path.read_text()) != expected):
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda p: p.write_text(json.dumps(expected, indent=2) + "\n"))
+
+
+def iter_shards(out_dir: str | Path):
+    """Yield the generated images shard by shard (uint8 [k, H, W, 3]), per the manifest."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    for name in manifest["shards"]:
+        yield np.load(out_dir / name)
+
+
+def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *,
+             rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+             barrier=lambda: None, progress: bool = True) -> dict | None:
+    """Generate `sample.n` images into `out_dir`; every rank calls this with its rank.
+
+    Rank r makes the unfinished shards s with s % world_size == r; rank 0 then
+    writes the grid, the trajectory movie and the manifest (returned on rank 0).
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    expected = sample_fingerprint(model_dir, sample, torch.device(device).type)
+    if rank == 0:
+        prepare_output(out_dir, expected)
+    barrier()
+    img_size = config["model"]["img_size"]
+    engine = Generator(net, schedule, sample, config["diffusion"]["prediction"], img_size,
+                       torch.device(device))
+    shards = shard_count(sample)
+    mine = [s for s in range(shards) if s % world_size == rank
+            and not shard_done(out_dir, sample, s)]
+    todo = sum(len(shard_indices(sample, s)) for s in mine)
+    start = time.perf_counter()
+    with tqdm(total=todo, desc=f"generate ({sample.sampler})", unit="img",
+              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+        for shard in mine:
+            engine.shard(out_dir, shard, bar)
+    elapsed = time.perf_counter() - start
+    barrier()
+    if rank != 0:
+        return None
+    write_grid(first_images(out_dir, shards, GRID_SIZE), out_dir / "grid.png")
+    write_trajectory(engine, out_dir / "trajectory.gif")
+    manifest = {"n": sample.n, "img_size": img_size, "shards": [shard_path(out_dir, s).name
+                                                               for s in range(shards)],
+                "format": f"npy, uint8 [k, H, W, 3]; shard s holds indices from "
+                          f"s*{sample.shard_size}",
+                "sample": to_dict(sample), "weights_sha256": expected["weights_sha256"],
+                "generated_now": todo, "seconds": round(elapsed, 2),
+                "images_per_s_rank0": round(todo / elapsed, 2) if todo and elapsed else None}
+    write_atomically(out_dir / "manifest.json",
+                     lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    return manifest
+
+
+def first_images(out_dir: Path, shards: int, count: int) -> np.ndarray:
+    images, total = [], 0
+    for shard in range(shards):
+        if total >= count:
+            break
+        images.append(np.load(shard_path(out_dir, shard))[:count - total])
+        total += len(images[-1])
+    return np.concatenate(images)
+
+
+def write_grid(images: np.ndarray, path: Path) -> None:
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)  # [B, 3, H, W]
+    grid = grid_image(tensor, nrow=int(np.ceil(np.sqrt(len(images)))))
+    write_atomically(path, lambda p: grid.save(p, format="PNG"))
+
+
+def write_trajectory(engine: Generator, path: Path) -> None:
+    """An animated GIF: for a few fixed seeds, x_t (top row) and predicted x0 (bottom row)."""
+    result = run_sampler(engine.net, engine.schedule, engine.sample, engine.prediction,
+                         range(TRAJECTORY_SEEDS), engine.img_size, engine.device,
+                         trajectory_frames=TRAJECTORY_FRAMES)
+    frames = []
+    for t, x_t, x0_hat in result.trajectory:
+        both = torch.cat([to_uint8(x_t), to_uint8(x0_hat)])  # [2·seeds, 3, H, W]
+        frame = grid_image(both, nrow=TRAJECTORY_SEEDS)
+        scale = max(1, 128 // engine.img_size)
+        frames.append(frame.resize((frame.width * scale, frame.height * scale),
+                                   Image.Resampling.NEAREST))
+    frames += [frames[-1]] * 10  # linger on the result
+
+    def save(tmp: Path) -> None:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=120, loop=0)
+
+    write_atomically(path, save)
+    if shutil.which("ffmpeg"):
+        mp4 = path.with_suffix(".mp4")
+        subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(path), "-movflags",
+                        "faststart", "-pix_fmt", "yuv420p", "-vf",
+                        "scale=trunc(iw/2)*2:trunc(ih/2)*2", str(mp4)], check=False)

@@ -1,0 +1,115 @@
+"""Callbacks: atomic resume checkpoints, EMA sample grids, throughput."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchvision.utils import make_grid
+from PIL import Image
+
+from ddpm.diffusion.samplers import ddim_sample, initial_noise, sample_generators
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float → uint8 [0, 255] (rounded, clamped)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def grid_image(images_uint8: torch.Tensor, nrow: int) -> Image.Image:
+    """uint8 [B, 3, H, W] → one PIL grid image with 2-px gaps."""
+    grid = make_grid(images_uint8, nrow=nrow, padding=2, pad_value=255)  # [3, H', W']
+    return Image.fromarray(grid.permute(1, 2, 0).cpu().numpy())
+
+
+class ResumeCheckpoint(L.Callback):
+    """A full Lightning checkpoint every N optimizer steps and at the end, replaced atomically.
+
+    Lightning saves weights, optimizer, LR scheduler, grad scaler, loop
+    progress and our hooks' extras (EMA, RNG states, fingerprint). Writing to a
+    temporary name and renaming means a kill mid-write leaves the previous
+    checkpoint intact.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int, fingerprint: dict):
+        self.path, self.every, self.fingerprint = Path(path), every_n_steps, fingerprint
+        self._last_saved = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._last_saved:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)  # collective: every rank calls, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._last_saved = trainer.global_step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["ddpm_fingerprint"] = self.fingerprint
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+
+class SampleGrid(L.Callback):
+    """A grid of EMA samples (fixed seeds, DDIM) every N optimizer steps and at the end.
+
+    The research log judged runs by looking at these grids, so they are logged
+    as images (dvclive puts them under plots/images) at the same seeds every time.
+    """
+
+    def __init__(self, every_n_steps: int, n: int = 16, steps: int = 25, seed: int = 0):
+        self.every, self.n, self.steps, self.seed = every_n_steps, n, steps, seed
+        self._last = -1
+
+    def _log(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.global_step == self._last or not trainer.is_global_zero:
+            return
+        self._last = trainer.global_step
+        size = pl_module.model_config.img_size
+        generators = sample_generators(self.seed, range(self.n))
+        noise = initial_noise(generators, (3, size, size), pl_module.device)
+        pl_module.ema_net.eval()  # Lightning's .train() reaches it too; no dropout when sampling
+        result = ddim_sample(pl_module.ema_net, pl_module.schedule, noise, generators,
+                             steps=self.steps, prediction=pl_module.diffusion.prediction)
+        image = grid_image(to_uint8(result.images), nrow=int(self.n ** 0.5))
+        if trainer.logger is not None and hasattr(trainer.logger.experiment, "log_image"):
+            trainer.logger.experiment.log_image(f"samples/step-{trainer.global_step:07d}.png",
+                                                image)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module)
+
+
+class Throughput(L.Callback):
+    """Training images per second (all devices), over windows of `every` optimizer steps."""
+
+    def __init__(self, every: int = 20):
+        self.every = every
+        self._start: float | None = None
+        self._images = 0
+        self._step0 = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start, self._images, self._step0 = time.perf_counter(), 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += batch.shape[0] * trainer.world_size
+        if trainer.global_step - self._step0 >= self.every:
+            rate = self._images / (time.perf_counter() - self._start)
+            pl_module.log("train/images_per_s", rate, on_step=True, rank_zero_only=True)
+            self._start = None

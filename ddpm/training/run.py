@@ -1,0 +1,120 @@
+"""`train(...)`: params → Lightning Trainer → EMA weights, metrics, sample grids, resume state.
+
+Resuming: a full checkpoint lives at `state_dir/last.ckpt`. When the train
+step starts and finds one made with the same fingerprint (every param that
+changes the training trajectory, plus the data's content hash), it continues
+from it; `max_steps` is not part of the fingerprint, so raising it continues a
+finished run. A checkpoint with another fingerprint is set aside (renamed, never
+deleted) with one line saying which params differ.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from dvclive.lightning import DVCLiveLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from ddpm.config import Params, TrainConfig, to_dict
+from ddpm.errors import DataError
+from ddpm.training.callbacks import ResumeCheckpoint, SampleGrid, Throughput
+from ddpm.training.data import FaceDataModule, read_manifest
+from ddpm.training.system import DiffusionSystem
+from ddpm.weights import save_model
+
+CHECKPOINT = "last.ckpt"
+# Keys that do not change what is learned: changing them keeps a checkpoint resumable.
+NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
+                     "checkpoint_every", "num_workers"}
+
+
+def fingerprint(params: Params, data_sha256: str) -> dict:
+    train = {k: v for k, v in to_dict(params.train).items() if k not in NOT_FINGERPRINTED}
+    return {"model": to_dict(params.model), "diffusion": to_dict(params.diffusion),
+            "train": train, "data_sha256": data_sha256}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def resume_path(state_dir: Path, expected: dict) -> Path | None:
+    """The checkpoint to resume from, or None; sets aside one made with other params."""
+    path = state_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("ddpm_fingerprint")
+    if saved == expected:
+        return path
+    if rank_zero_only.rank == 0:
+        aside = state_dir / f"set-aside-{time.strftime('%Y%m%d-%H%M%S')}.ckpt"
+        path.rename(aside)
+        why = ", ".join(_differences(saved or {}, expected)[:4]) or "no fingerprint"
+        print(f"set aside {path} as {aside.name}: made with different params ({why}); "
+              "training starts from scratch")
+    return None
+
+
+def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
+                  progress: bool = True) -> L.Trainer:
+    """The Lightning Trainer for `train.*`; validation every `val_every` optimizer steps."""
+    return L.Trainer(
+        max_steps=cfg.max_steps, max_epochs=-1, accumulate_grad_batches=cfg.accumulate_grad_batches,
+        precision=cfg.precision, gradient_clip_val=cfg.grad_clip or None,
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, logger=logger, callbacks=list(callbacks),
+        enable_checkpointing=False,
+        # Lightning counts validation intervals in batches, not optimizer steps.
+        val_check_interval=cfg.val_every * cfg.accumulate_grad_batches,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=10,
+        enable_progress_bar=progress, enable_model_summary=False)
+
+
+def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
+          state_dir: str | Path, live_dir: str | Path, *,
+          extra_callbacks: Sequence[L.Callback] = (), progress: bool = True) -> None:
+    """Train (or resume) the model described by `params` on a prepared data set."""
+    manifest = read_manifest(prepared_dir)
+    if manifest["img_size"] != params.model.img_size:
+        raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "
+                        f"{manifest['img_size']}px images; re-run prepare (dvc repro)")
+    cfg, state_dir = params.train, Path(state_dir)
+    expected = fingerprint(params, manifest["content_sha256"])
+    resume = resume_path(state_dir, expected)
+    if resume and rank_zero_only.rank == 0:
+        step = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
+        print(f"resuming from {resume} at step {step}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    system = DiffusionSystem(params.model, params.diffusion, cfg)
+    data = FaceDataModule(prepared_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          val_images=cfg.val_images, timesteps=params.diffusion.timesteps,
+                          seed=cfg.seed)
+    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
+                           resume=resume is not None)
+    callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
+                 SampleGrid(cfg.sample_every, seed=cfg.seed), Throughput(), *extra_callbacks]
+    trainer = build_trainer(cfg, logger, callbacks, progress)
+    start = time.perf_counter()
+    trainer.fit(system, datamodule=data, ckpt_path=resume)
+    if trainer.is_global_zero:
+        logger.experiment.log_metric("train/time_s", round(time.perf_counter() - start, 1),
+                                     plot=False)
+        logger.experiment.make_summary()
+        config = {**expected, "steps": trainer.global_step,
+                  "images_seen": trainer.global_step * cfg.batch_size
+                  * cfg.accumulate_grad_batches * trainer.world_size}
+        save_model(system.ema_net, system.net, models_dir, config)
+        print(f"trained to step {trainer.global_step}; EMA weights in {models_dir}")
+

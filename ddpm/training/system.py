@@ -1,0 +1,128 @@
+"""The Lightning "system": network + diffusion loss + EMA + optimiser. No schedule algebra here."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpm.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
+from ddpm.diffusion.forward import prediction_target, q_sample, training_loss
+from ddpm.diffusion.schedules import NoiseSchedule
+from ddpm.errors import DdpmError
+from ddpm.models import build_model
+from ddpm.training.ema import EMA
+
+
+class NonFiniteLoss(DdpmError):
+    """Training produced a NaN or inf loss."""
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class DiffusionSystem(L.LightningModule):
+    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, train: TrainConfig):
+        super().__init__()
+        self.save_hyperparameters({"model": to_dict(model), "diffusion": to_dict(diffusion),
+                                   "train": to_dict(train)})
+        self.model_config, self.diffusion, self.train_config = model, diffusion, train
+        self.net = build_model(model)
+        if train.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.schedule = NoiseSchedule.from_name(diffusion.schedule, diffusion.timesteps)
+        self.ema = EMA(self.net, train.ema_decay)
+        # Registered so Lightning moves it to the device and checkpoints it.
+        self.ema_net = self.ema.shadow
+        # torch.compile wraps the network for the forward pass only; parameters,
+        # EMA and checkpoints stay on the plain module (no "_orig_mod." keys).
+        self._forward_net = torch.compile(self.net) if train.compile else self.net
+
+    # ------------------------------------------------------------ batches
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # training: uint8 images
+            x0 = to_unit_range(batch)
+            if self.train_config.hflip:
+                flip = torch.rand(x0.shape[0], device=x0.device) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            batch = x0
+        else:  # validation: (uint8 images, fixed noise, fixed t)
+            images, noise, t = batch
+            batch = (to_unit_range(images), noise, t)
+        if self.train_config.channels_last:
+            batch = _channels_last(batch)
+        return batch
+
+    # ------------------------------------------------------------ steps
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        return training_loss(self._forward_net, self.schedule, x0, self.diffusion.prediction)
+
+    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(x0)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training loss is {loss.item()} at step {self.global_step}; "
+                                "stopped (the last checkpoint is kept): lower train.lr or use "
+                                "train.precision=32-true")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x0, noise, t = batch
+        x_t = q_sample(self.schedule, x0, t, noise)
+        target = prediction_target(self.schedule, x0, noise, t, self.diffusion.prediction)
+        loss = F.mse_loss(self.ema_net(x_t, t).float(), target.float())
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True,
+                 batch_size=x0.shape[0])
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net)  # once per optimizer step, after the update
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+        warmup = max(cfg.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    # ------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ema_updates"] = self.ema.num_updates
+        # Plain types and tensors only, so the checkpoint loads with weights_only=True.
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                       has_gauss, gauss),
+                             "python": random.getstate(),
+                             "cuda": torch.cuda.get_rng_state_all()
+                             if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.ema.num_updates = checkpoint.get("ema_updates", 0)
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            name, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _channels_last(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    return tuple(_channels_last(b) for b in batch)
+

@@ -1,0 +1,23 @@
+"""DVC stage `train`: params.yaml (model, diffusion, train) + data/prepared → models/, dvclive/."""
+
+from pathlib import Path
+
+import typer
+
+from ddpm.config import load_params
+from ddpm.errors import one_line_errors
+from ddpm.training.run import train
+
+
+@one_line_errors
+def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+         data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
+         models: Path = typer.Option(Path("models"), help="Output: EMA weights + config."),
+         state: Path = typer.Option(Path("state/train"), help="Resume checkpoint folder."),
+         live: Path = typer.Option(Path("dvclive"), help="DVCLive metrics and plots.")) -> None:
+    """Train the diffusion model, resuming from state/train when its params match."""
+    train(load_params(params), data, models, state, live)
+
+
+if __name__ == "__main__":
+    typer.run(main)

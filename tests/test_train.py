@@ -1,0 +1,188 @@
+"""Training: gradient accumulation equivalence, resume after SIGKILL, DDP on CPU, NaN stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import tiny
+from ddpm.training.data import FaceDataModule
+from ddpm.training.run import CHECKPOINT, build_trainer, fingerprint, resume_path
+from ddpm.training.system import DiffusionSystem, NonFiniteLoss
+from ddpm.training.callbacks import ResumeCheckpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FixedNoiseSystem(DiffusionSystem):
+    """The diffusion loss with ε and t fixed per image (functions of the image itself),
+
+    so a micro-batch split cannot change which noise an image gets: only the
+    accumulation arithmetic can make two runs differ.
+    """
+
+    def loss(self, x0):
+        from ddpm.diffusion.forward import prediction_target, q_sample
+        t = (x0.flatten(1).sum(1).abs() * 97).long() % self.schedule.timesteps   # [B]
+        noise = torch.sin(x0 * 12.9898 + 78.233)                                  # [B,3,H,W]
+        x_t = q_sample(self.schedule, x0, t, noise)
+        target = prediction_target(self.schedule, x0, noise, t, "eps")
+        return torch.nn.functional.mse_loss(self.net(x_t, t), target)
+
+
+class CaptureGrads(L.Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads = [p.grad.detach().clone() for p in pl_module.net.parameters()]
+
+
+def one_update(prepared, batch_size, accumulate):
+    params = tiny.params(train={"batch_size": batch_size, "accumulate_grad_batches": accumulate,
+                                "max_steps": 1, "hflip": False, "grad_clip": 0.5})
+    L.seed_everything(0, verbose=False)
+    system = FixedNoiseSystem(params.model, params.diffusion, params.train)
+    before = [p.detach().clone() for p in system.net.parameters()]
+    data = FaceDataModule(prepared, batch_size=batch_size, num_workers=0, val_images=8,
+                          timesteps=1000, seed=0)
+    capture = CaptureGrads()
+    trainer = build_trainer(params.train, logger=False, callbacks=[capture], progress=False)
+    trainer.fit(system, datamodule=data)
+    after = [p.detach() for p in system.net.parameters()]
+    return before, capture.grads, after, system.ema.num_updates
+
+
+def test_batch_8_times_accumulate_4_equals_batch_32(tmp_path):
+    # 32 training images: one batch of 32, or four micro-batches of 8 covering the same 32.
+    prepared = tiny.prepared(tmp_path / "data", n=35)   # 35 demo keys: 32 train + 3 holdout
+    from ddpm.training.data import PreparedImages
+    assert len(PreparedImages(prepared, "train")) == 32
+    b0, g32, p32, ema32 = one_update(prepared, 32, 1)
+    b1, g8, p8, ema8 = one_update(prepared, 8, 4)
+    assert all(torch.equal(x, y) for x, y in zip(b0, b1))            # same initialisation
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(g32, g8))
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(p32, p8))
+    assert any(not torch.equal(x, y) for x, y in zip(b0, p32))        # an update happened
+    assert ema32 == ema8 == 1                                        # EMA once per optimizer step
+
+
+def test_checkpoint_with_other_params_is_set_aside_with_a_reason(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    old = fingerprint(tiny.params(train={"lr": 1e-3}), "abc")
+    new = fingerprint(tiny.params(train={"lr": 2e-4, "max_steps": 999}), "abc")
+    torch.save({"ddpm_fingerprint": old, "global_step": 5}, state / CHECKPOINT)
+    assert resume_path(state, old) == state / CHECKPOINT      # same params: resumable
+    assert fingerprint(tiny.params(train={"lr": 1e-3, "max_steps": 999}), "abc") == old
+    assert resume_path(state, new) is None
+    out = capsys.readouterr().out
+    assert "set aside" in out and "train.lr 0.001 -> 0.0002" in out
+    assert not (state / CHECKPOINT).exists()
+    assert len(list(state.glob("set-aside-*.ckpt"))) == 1          # kept, not deleted
+
+
+class NanAfter(FixedNoiseSystem):
+    def loss(self, x0):
+        loss = super().loss(x0)
+        return loss * float("nan") if self.global_step >= 3 else loss
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    prepared = tiny.prepared(tmp_path / "data", n=40)
+    params = tiny.params(train={"max_steps": 10, "checkpoint_every": 2})
+    system = NanAfter(params.model, params.diffusion, params.train)
+    data = FaceDataModule(prepared, batch_size=8, num_workers=0, val_images=8, timesteps=1000,
+                          seed=0)
+    ckpt = tmp_path / "state" / CHECKPOINT
+    trainer = build_trainer(params.train, logger=False,
+                            callbacks=[ResumeCheckpoint(ckpt, 2, {"x": 1})], progress=False)
+    with pytest.raises(NonFiniteLoss, match="at step 3"):
+        trainer.fit(system, datamodule=data)
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+
+
+def run_stage(tmp_path: Path, params_file: Path, **popen):
+    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
+           "--data", str(tmp_path / "data"), "--models", str(tmp_path / "models"),
+           "--state", str(tmp_path / "state"), "--live", str(tmp_path / "live")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_and_stops_at_max_steps(tmp_path):
+    tiny.prepared(tmp_path / "data", n=64)
+    params_file = tiny.write_params(tmp_path / "params.yaml",
+                                    train={"max_steps": 60, "checkpoint_every": 10,
+                                           "val_every": 30, "sample_every": 1000})
+    ckpt = tmp_path / "state" / CHECKPOINT
+    proc = run_stage(tmp_path, params_file)
+    killed_at = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            step = torch.load(ckpt, weights_only=False)["global_step"]
+            if step >= 20:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.2)
+    proc.wait()
+    assert killed_at is not None, "training finished or stalled before it could be killed"
+    assert torch.load(ckpt, weights_only=False)["global_step"] < 60
+
+    rerun = run_stage(tmp_path, params_file)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    resumed = int(output.split("at step ")[1].split()[0])
+    assert resumed >= killed_at
+    final = torch.load(ckpt, weights_only=False)
+    assert final["global_step"] == 60
+    # A fresh optimizer would count only the steps since the restart.
+    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {60}
+    assert final["ema_updates"] == 60
+    assert (tmp_path / "models" / "ema.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_splits_data_and_writes_outputs_once(tmp_path):
+    tiny.prepared(tmp_path / "data", n=80)   # 72 train images: 4 steps x 8 x 2 ranks fit one epoch
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        import lightning as L, torch
+        import tiny
+        from ddpm.training.run import train
+
+        class RecordBatches(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                sums = batch.flatten(1).float().sum(1).tolist()
+                with open(f"{tmp_path}/seen-rank{{trainer.global_rank}}.txt", "a") as f:
+                    f.write("\\n".join(repr(s) for s in sums) + "\\n")
+
+        params = tiny.params(train={{"max_steps": 4, "devices": 2, "strategy": "ddp",
+                                     "val_every": 2, "sample_every": 4, "checkpoint_every": 2,
+                                     "hflip": False}})
+        train(params, {str(tmp_path / 'data')!r}, {str(tmp_path / 'models')!r},
+              {str(tmp_path / 'state')!r}, {str(tmp_path / 'live')!r},
+              extra_callbacks=[RecordBatches()], progress=False)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [set((tmp_path / f"seen-rank{r}.txt").read_text().split()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 4 * 8       # 4 steps of 8 images on each rank
+    assert not seen[0] & seen[1]                        # DistributedSampler: disjoint shards
+    assert proc.stdout.count("trained to step 4") == 1  # final weights written by rank 0 only
+    assert (tmp_path / "models" / "ema.safetensors").exists()
+    assert torch.load(tmp_path / "state" / CHECKPOINT, weights_only=False)["global_step"] == 4

@@ -1,0 +1,43 @@
+"""Tiny configurations shared by the tests: a UNet and data set that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from ddpm.config import DataConfig, params_from_dict
+from ddpm.data.prepare import prepare_dataset
+
+IMG = 16
+MODEL = {"img_size": IMG, "channels": [16, 32], "down_attn": [False, True],
+         "down_channel_indices": [[0, 0], [0, 1]], "mid_attn": [False],
+         "mid_channel_indices": [[1, 1]], "up_attn": [False], "up_channel_indices": [[1, 0]],
+         "num_res_blocks": 1, "num_heads": 2, "norm_groups": 4}
+TRAIN = {"max_steps": 20, "batch_size": 8, "num_workers": 0, "val_every": 10, "val_images": 8,
+         "sample_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "accelerator": "cpu"}
+
+
+def raw_params(data=None, model=None, train=None, **sections) -> dict:
+    """A params.yaml mapping: the tiny defaults, updated section by section."""
+    raw = {"data": {"demo_size": 64, **(data or {})}, "model": {**MODEL, **(model or {})},
+           "train": {**TRAIN, **(train or {})}}
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return raw
+
+
+def params(**kwargs):
+    return params_from_dict(raw_params(**kwargs))
+
+
+def write_params(path: Path, **kwargs) -> Path:
+    path.write_text(yaml.safe_dump(raw_params(**kwargs), sort_keys=False))
+    return path
+
+
+def prepared(out: Path, n: int = 64) -> Path:
+    """A prepared tiny demo data set (n images at IMG px)."""
+    prepare_dataset(replace(DataConfig(), demo_size=n, workers=1), IMG, out, progress=False)
+    return out
