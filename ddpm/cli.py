@@ -48,5 +48,49 @@ def prepare(
     typer.echo(summary(manifest, out))
 
 
+
+@app.command()
+@one_line_errors
+def inception(
+    standin: bool = typer.Option(False, "--standin",
+                                 help="Write calibrated stand-in weights (offline demos only)."),
+    weights: str = typer.Option("", help="Target file; default: torch hub's cache path."),
+) -> None:
+    """Show where FID's Inception weights are looked for, or install stand-in weights.
+
+    Stand-in weights make the FID stages run offline, but their FIDs compare runs
+    with each other only, never with published numbers; every FID written with
+    them is marked as such.
+    """
+    from ddpm.fid import WEIGHTS_FILENAME, hub_weights_path, weights_info
+
+    path = Path(weights) if weights else hub_weights_path()
+    if path.is_file():
+        kind = "official" if weights_info(path)["official"] else "STAND-IN"
+        typer.echo(f"{path}: present ({kind} weights); left as is")
+        return
+    if not standin:
+        typer.echo(f"{path}: absent; pytorch-fid downloads {WEIGHTS_FILENAME} there on first "
+                   "use, or run `ddpm inception --standin` to work offline with stand-in weights")
+        return
+    from ddpm.inception_standin import make_standin_weights
+
+    make_standin_weights(path)
+    typer.echo(f"{path}: wrote STAND-IN Inception weights (FIDs compare runs only)")
+
+
+
+@app.command()
+@one_line_errors
+def compare(
+    out: Path = typer.Option(Path("reports/experiments.md"), help="Markdown file to write."),
+    repo: Path = typer.Option(Path("."), help="The DVC repository."),
+) -> None:
+    """Table of all experiments (differing params, key metrics) + loss-per-timestep overlay."""
+    from ddpm.compare import compare as compare_experiments
+
+    typer.echo(compare_experiments(repo, out))
+
+
 if __name__ == "__main__":
     app()

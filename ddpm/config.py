@@ -37,7 +37,7 @@ def _list(default: list) -> Any:
 class DataConfig:
     source: str = "demo"
     crop: Literal["celeba", "center", "none"] = "center"
-    demo_size: int = _bounded(2000, ge=1)
+    demo_size: int = _bounded(1000, ge=1)
     seed: int = 0
     holdout_fraction: float = _bounded(0.1, gt=0.0, lt=1.0)
     min_size: int = _bounded(16, ge=1)
@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["unet"] = "unet"
+    arch: Literal["unet", "unetpp", "dit"] = "unet"
     img_size: int = _bounded(32, ge=8)
     channels: list[int] = _bounded([32, 64, 128], ge=1)
     down_attn: list[bool] = _list([False, False])
@@ -56,12 +56,16 @@ class ModelConfig:
     mid_channel_indices: list[list[int]] = _list([[1, 2], [2, 1]])
     up_attn: list[bool] = _list([True])
     up_channel_indices: list[list[int]] = _list([[1, 0]])
-    num_res_blocks: int = _bounded(2, ge=1)
+    num_res_blocks: int = _bounded(1, ge=1)
     num_heads: int = _bounded(4, ge=1)
     norm_groups: int = _bounded(8, ge=1)
     dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
     attn_dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
     dropout_kind: Literal["element", "channel"] = "element"
+    patch_size: int = _bounded(4, ge=1)
+    dit_size: Literal["custom", "S", "B", "L"] = "custom"
+    depth: int = _bounded(6, ge=1)
+    hidden_size: int = _bounded(192, ge=8)
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = _bounded(1500, ge=1)
+    max_steps: int = _bounded(800, ge=1)
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
@@ -91,15 +95,15 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     num_workers: int = _bounded(2, ge=0)
-    val_every: int = _bounded(250, ge=1)
+    val_every: int = _bounded(200, ge=1)
     val_images: int = _bounded(64, ge=1)
-    sample_every: int = _bounded(500, ge=1)
-    checkpoint_every: int = _bounded(250, ge=1)
+    sample_every: int = _bounded(400, ge=1)
+    checkpoint_every: int = _bounded(200, ge=1)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    n: int = _bounded(500, ge=1)
+    n: int = _bounded(200, ge=1)
     sampler: Literal["ddpm", "ddim"] = "ddim"
     steps: int = _bounded(50, ge=1)
     eta: float = _bounded(0.0, ge=0.0)
@@ -113,6 +117,8 @@ class SampleConfig:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)
     num_nodes: int = _bounded(1, ge=1)
+    sweep_steps: list[int] = _bounded([5, 10, 25], ge=1)
+    sweep_n: int = _bounded(100, ge=2)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ class FidConfig:
 @dataclass(frozen=True)
 class AnalysisConfig:
     t_points: int = _bounded(100, ge=1)
-    n_images: int = _bounded(64, ge=1)
+    n_images: int = _bounded(32, ge=1)
     seed: int = 0
 
 

@@ -22,6 +22,7 @@ LOG9_LISTS = dict(
     mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
     up_attn=[True, False, False],
     up_channel_indices=[[3, 2], [2, 1], [1, 0]],
+    num_res_blocks=2,  # as in the DDPM paper; the log does not say
 )
 
 LAYOUTS: list[tuple[str, ModelConfig]] = [
@@ -49,15 +50,15 @@ def count_parameters(config: ModelConfig) -> int:
 
 
 def main() -> None:
-    print("| layout | img_size | channels | attention at (down / mid / up) | parameters |")
-    print("|---|---:|---|---|---:|")
+    print("| layout | img_size | channels | res blocks per layer | attention at "
+          "(down / mid / up) | parameters |")
+    print("|---|---:|---|---:|---|---:|")
     for name, config in LAYOUTS:
         n = count_parameters(config)
-        print(f"| {name} | {config.img_size} | {config.channels} | {attention_sizes(config)} "
-              f"| {n:,} ({n / 1e6:.1f} M) |")
+        print(f"| {name} | {config.img_size} | {config.channels} | {config.num_res_blocks} | "
+              f"{attention_sizes(config)} | {n:,} ({n / 1e6:.1f} M) |")
     defaults = ModelConfig()
-    print(f"\nAll rows: num_res_blocks = {defaults.num_res_blocks}, "
-          f"num_heads = {defaults.num_heads}, norm_groups = {defaults.norm_groups}.")
+    print(f"\nAll rows: num_heads = {defaults.num_heads}, norm_groups = {defaults.norm_groups}.")
 
 
 if __name__ == "__main__":

@@ -196,5 +196,6 @@ def test_registry_builds_unet_from_real_callables():
 
 
 def test_unknown_arch_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model\.arch = 'dit'.*allowed values are 'unet'"):
-        build_model(dataclasses.replace(ModelConfig(), arch="dit"))
+    allowed = r"allowed values are 'unet', 'unetpp', 'dit'"
+    with pytest.raises(ConfigError, match=r"model\.arch = 'vit'.*" + allowed):
+        build_model(dataclasses.replace(ModelConfig(), arch="vit"))

@@ -1,8 +1,7 @@
 """Architecture registry: `model.arch` → a builder taking the `model` config.
 
 A dict of real callables (never class names looked up as strings), so tools
-and readers can follow every name to its code. Later issues add "unetpp" and
-"dit" here.
+and readers can follow every name to its code.
 """
 
 from __future__ import annotations
@@ -13,10 +12,14 @@ from torch import nn
 
 from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
+from ddpm.models.dit import DiT
 from ddpm.models.unet import UNet
+from ddpm.models.unetpp import UNetPP
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "unet": UNet.from_config,
+    "unetpp": UNetPP.from_config,
+    "dit": DiT.from_config,
 }
 
 

@@ -11,12 +11,12 @@ deleted) with one line saying which params differ.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 import torch
-from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
@@ -27,6 +27,11 @@ from ddpm.training.system import DiffusionSystem
 from ddpm.weights import save_model
 
 CHECKPOINT = "last.ckpt"
+
+# Both are intended here: the EMA copy lives in eval mode inside the module, and
+# the module (not the DataModule) scales and flips batches on the device.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
 # Keys that do not change what is learned: changing them keeps a checkpoint resumable.
 NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
                      "checkpoint_every", "num_workers"}
@@ -86,6 +91,8 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
           state_dir: str | Path, live_dir: str | Path, *,
           extra_callbacks: Sequence[L.Callback] = (), progress: bool = True) -> None:
     """Train (or resume) the model described by `params` on a prepared data set."""
+    from dvclive.lightning import DVCLiveLogger  # here, so build_trainer works without dvclive
+
     manifest = read_manifest(prepared_dir)
     if manifest["img_size"] != params.model.img_size:
         raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "

@@ -1,0 +1,119 @@
+"""Loss per timestep of a trained model (the log's to-do "look at loss per time step").
+
+For a fixed set of holdout images and a fixed noise draw per image, the
+per-pixel MSE of the EMA model at a grid of timesteps. Everything random is
+seeded per image, so the curve is comparable across experiments, image sizes
+and architectures, and two runs give identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ddpm.config import AnalysisConfig
+from ddpm.diffusion.forward import loss_per_timestep
+from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.training.data import PreparedImages
+from ddpm.training.system import to_unit_range
+from ddpm.weights import load_model
+
+QUARTERS = ("q1", "q2", "q3", "q4")
+
+
+def timestep_grid(timesteps: int, points: int) -> np.ndarray:
+    """`points` distinct timesteps spread evenly over 0..T−1 (all T when points >= T)."""
+    return np.unique(np.round(np.linspace(0, timesteps - 1, min(points, timesteps))).astype(int))
+
+
+def holdout_images(prepared_dir: str | Path, n: int) -> torch.Tensor:
+    """The first n holdout images in [-1, 1], [n, 3, H, W] (train images if no holdout)."""
+    images = PreparedImages(prepared_dir, "holdout", limit=n)
+    if len(images) == 0:
+        images = PreparedImages(prepared_dir, "train", limit=n)
+    return to_unit_range(torch.stack([images[i] for i in range(len(images))]))
+
+
+def timestep_loss_table(net, schedule, prediction: str, x0: torch.Tensor, *, t_points: int,
+                        seed: int, batch_size: int = 64) -> pd.DataFrame:
+    """Columns: t (0-indexed), log_snr, loss_mean, loss_std, n; noise seeded per image."""
+    noise = initial_noise(sample_generators(seed, range(len(x0))), tuple(x0.shape[1:]),
+                          x0.device)
+    ts = timestep_grid(schedule.timesteps, t_points)
+    losses = loss_per_timestep(net, schedule, x0, ts.tolist(), noise, prediction,
+                               batch_size=batch_size)  # [len(ts), N]
+    return pd.DataFrame({"t": ts, "log_snr": schedule.log_snr(torch.as_tensor(ts)).numpy(),
+                         "loss_mean": losses.mean(1).double().numpy(),
+                         "loss_std": losses.std(1).double().numpy() if len(x0) > 1 else 0.0,
+                         "n": len(x0)})
+
+
+def analyse(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
+            analysis: AnalysisConfig, device: str = "cpu") -> dict:
+    """The whole stage: table, plot and quarter metrics for the trained EMA model."""
+    net, schedule, config = load_model(model_dir, device)
+    x0 = holdout_images(prepared_dir, analysis.n_images).to(device)
+    table = timestep_loss_table(net, schedule, config["diffusion"]["prediction"], x0,
+                                t_points=analysis.t_points, seed=analysis.seed)
+    return write_analysis(table, out_dir, schedule.timesteps)
+
+
+def quarter_means(table: pd.DataFrame, timesteps: int) -> dict:
+    """Mean loss in each quarter of t (q1 = the least noisy quarter) and overall."""
+    quarter = np.minimum(table["t"].to_numpy() * 4 // timesteps, 3)
+    out = {f"loss_{q}": float(table["loss_mean"][quarter == i].mean())
+           for i, q in enumerate(QUARTERS) if (quarter == i).any()}
+    out["loss_mean"] = float(table["loss_mean"].mean())
+    return out
+
+
+def plot_timestep_loss(table: pd.DataFrame, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_t, by_snr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, x, label in ((by_t, table["t"], "timestep t"),
+                         (by_snr, table["log_snr"], "log SNR(t) = log(ᾱ_t / (1 − ᾱ_t))")):
+        ax.plot(x, table["loss_mean"], lw=1.5)
+        ax.fill_between(x, (table["loss_mean"] - table["loss_std"]).clip(lower=1e-8),
+                        table["loss_mean"] + table["loss_std"], alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("per-pixel MSE (mean ± std over images)")
+        ax.grid(alpha=0.3, which="both")
+    by_snr.invert_xaxis()  # noise increases to the right in both panels
+    fig.suptitle(title or "Loss per timestep (fixed holdout images and noise)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure atomically; fixed metadata keeps PNG bytes reproducible."""
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."), metadata={"Software": None})
+    os.replace(tmp, path)
+
+
+def write_analysis(table: pd.DataFrame, out_dir: str | Path, timesteps: int) -> dict:
+    """Write the table (Parquet + CSV), the plot and the summary metrics; return the metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, write in ((".parquet", lambda p: table.to_parquet(p, index=False)),
+                          (".csv", lambda p: table.to_csv(p, index=False))):
+        tmp = out_dir / f"timestep_loss{suffix}.tmp"
+        write(tmp)
+        os.replace(tmp, out_dir / f"timestep_loss{suffix}")
+    plot_timestep_loss(table, out_dir / "timestep_loss.png")
+    metrics = quarter_means(table, timesteps)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps({"timestep_loss": metrics}, indent=2) + "\n")
+    os.replace(tmp, out_dir / "metrics.json")
+    return metrics

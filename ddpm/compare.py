@@ -1,0 +1,128 @@
+"""`ddpm compare`: every experiment side by side, from `dvc exp show --json`.
+
+A markdown table (the params that differ between experiments, plus the key
+metrics) and one figure overlaying the experiments' loss-per-timestep curves,
+read from each experiment's commit (the curve's CSV is a git-tracked plot).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from ddpm.analysis import save_figure
+from ddpm.errors import DdpmError
+
+KEY_METRICS = ("fid", "val.loss", "train.loss", "timestep_loss.loss_mean",
+               "train.images_per_s", "train.time_s")
+CURVE = "analysis/timestep_loss.csv"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _row(entry: dict, name: str) -> dict | None:
+    data = entry.get("data")
+    if not data:
+        return None
+    params = {}
+    for file in data.get("params", {}).values():
+        params.update(_flatten(file.get("data", {})))
+    metrics = {}
+    for file in data.get("metrics", {}).values():
+        metrics.update(_flatten(file.get("data", {})))
+    return {"name": name, "rev": entry["rev"], "params": params, "metrics": metrics}
+
+
+def experiment_rows(shown: list[dict]) -> list[dict]:
+    """One row per baseline commit and per experiment (the workspace is left out)."""
+    rows = []
+    for baseline in shown:
+        if baseline["rev"] == "workspace":
+            continue
+        row = _row(baseline, baseline.get("name") or baseline["rev"][:7])
+        rows += [row] if row else []
+        for exp in baseline.get("experiments") or []:
+            head = exp["revs"][0]
+            row = _row(head, exp.get("name") or head.get("name") or head["rev"][:7])
+            rows += [row] if row else []
+    return rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "–" if value is None else str(value).replace("|", "/")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = sorted({k for r in rows for k in r["params"]})
+    differing = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
+    metrics = [m for m in KEY_METRICS if any(m in r["metrics"] for r in rows)]
+    header = ["experiment", "rev"] + [f"`{k}`" for k in differing] + metrics
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        cells = [r["name"], r["rev"][:7]] + [_cell(r["params"].get(k)) for k in differing]
+        cells += [_cell(r["metrics"].get(m)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_at(repo: Path, rev: str) -> pd.DataFrame | None:
+    shown = subprocess.run(["git", "show", f"{rev}:{CURVE}"], cwd=repo, capture_output=True,
+                           text=True)
+    return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
+
+
+def plot_overlay(curves: dict[str, pd.DataFrame], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, table in curves.items():
+        ax.plot(table["t"], table["loss_mean"], lw=1.5, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("per-pixel MSE (fixed holdout images and noise)")
+    ax.set_title("Loss per timestep, by experiment")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def compare(repo: str | Path, out_md: str | Path) -> str:
+    """Write the experiments table (markdown) and the overlay figure beside it."""
+    repo, out_md = Path(repo), Path(out_md)
+    proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
+    rows = experiment_rows(json.loads(proc.stdout))
+    if not rows:
+        raise DdpmError(f"{repo}: no experiments yet; run `dvc exp run` first")
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    figure = out_md.with_name("timestep_loss_overlay.png")
+    curves = {r["name"]: c for r in rows if (c := curve_at(repo, r["rev"])) is not None}
+    text = "# Experiments\n\n" + markdown_table(rows)
+    if curves:
+        plot_overlay(curves, figure)
+        text += f"\n![loss per timestep, all experiments]({figure.name})\n"
+    tmp = out_md.with_name(out_md.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out_md)
+    return text

@@ -1,0 +1,148 @@
+"""FID of a run: reference statistics of real images, scores of generated shards, step sweeps.
+
+The network, preprocessing and Fréchet distance are pytorch-fid's (`ddpm.fid`);
+this module only feeds them: real images straight from the prepared PNG shards,
+generated images straight from the uint8 sample shards (no PNG round trip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ddpm.analysis import save_figure
+from ddpm.config import SampleConfig
+from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
+                      load_inception, load_statistics, resolve_weights, save_statistics,
+                      weights_info)
+from ddpm.generation import iter_shards, run_sampler
+from ddpm.training.callbacks import to_uint8
+from ddpm.training.data import PreparedImages, read_manifest
+from ddpm.weights import load_model
+
+
+def rebatch(arrays: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Regroup a stream of image arrays [k, H, W, 3] into batches of `batch_size`."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for array in arrays:
+        pending.append(array)
+        count += len(array)
+        while count >= batch_size:
+            joined = np.concatenate(pending)
+            yield joined[:batch_size]
+            pending, count = [joined[batch_size:]], count - batch_size
+    if count:
+        yield np.concatenate(pending)
+
+
+def prepared_arrays(prepared_dir: Path, split: str) -> Iterator[np.ndarray]:
+    images = PreparedImages(prepared_dir, split)
+    for i in range(len(images)):
+        yield images[i].permute(1, 2, 0).numpy()[None]  # [1, H, W, 3] uint8
+
+
+def _features(arrays, count: int, weights: str, batch_size: int, device, desc: str):
+    model = load_inception(weights, device)
+    with tqdm(total=count, desc=desc, unit="img", dynamic_ncols=True) as bar:
+        return inception_features(rebatch(arrays, batch_size), model, device, bar.update)
+
+
+def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split: str,
+                         weights: str, batch_size: int, device="cpu") -> dict:
+    """μ, Σ of the real images of `split` → `out_npz` (+ `.json` with count, data hash)."""
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    count = manifest["counts"][split]
+    features = _features(prepared_arrays(prepared_dir, split), count, weights, batch_size,
+                         device, f"FID reference ({split})")
+    mu, sigma = feature_statistics(features)
+    meta = {"n": count, "split": split, "data_sha256": manifest["split_sha256"][split],
+            "img_size": manifest["img_size"],
+            "inception": weights_info(resolve_weights(weights))}
+    save_statistics(out_npz, mu, sigma, meta)
+    return meta
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
+                  weights: str, batch_size: int, device="cpu") -> dict:
+    """FID of the generated shards against the reference statistics → metrics JSON."""
+    samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
+    samples = json.loads((samples_dir / "manifest.json").read_text())
+    reference = json.loads(ref_npz.with_suffix(".json").read_text())
+    features = _features(iter_shards(samples_dir), samples["n"], weights, batch_size, device,
+                         "FID generated")
+    fid = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
+    inception = weights_info(resolve_weights(weights))
+    sample = samples["sample"]
+    metrics = {"fid": round(fid, 4), "n_generated": samples["n"], "n_reference": reference["n"],
+               "reference_split": reference["split"], "sampler": sample["sampler"],
+               "steps": sample["steps"] if sample["sampler"] == "ddim" else None,
+               "eta": sample["eta"] if sample["sampler"] == "ddim" else None,
+               "use_ema": sample["use_ema"], "inception_official": inception["official"],
+               "inception_sha256": inception["sha256"]}
+    _write_json(Path(out_json), metrics)
+    return metrics
+
+
+def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
+              sample: SampleConfig, steps_list: Sequence[int], n: int, *, weights: str,
+              batch_size: int, device="cpu") -> pd.DataFrame:
+    """FID of `n` samples at each DDIM step count (and DDPM's T) → table + plot in out_dir."""
+    net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    inception = load_inception(weights, device)
+    reference = load_statistics(ref_npz)
+    img_size, prediction = config["model"]["img_size"], config["diffusion"]["prediction"]
+    rows = []
+    for steps in steps_list:
+        cfg = dataclasses.replace(sample, sampler="ddim", steps=steps)
+        arrays = (to_uint8(run_sampler(net, schedule, cfg, prediction,
+                                       range(start, min(start + sample.batch_size, n)),
+                                       img_size, device).images).permute(0, 2, 3, 1).cpu()
+                  .numpy() for start in range(0, n, sample.batch_size))
+        with tqdm(total=n, desc=f"FID sweep: DDIM {steps} steps", unit="img") as bar:
+            features = inception_features(rebatch(arrays, batch_size), inception, device,
+                                          bar.update)
+        fid = frechet_distance(*feature_statistics(features), *reference)
+        rows.append({"sampler": "ddim", "steps": steps, "nfe": steps, "eta": sample.eta,
+                     "n": n, "fid": round(fid, 4)})
+    table = pd.DataFrame(rows)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "fid_vs_steps.csv.tmp", index=False)
+    os.replace(out_dir / "fid_vs_steps.csv.tmp", out_dir / "fid_vs_steps.csv")
+    plot_sweep(table, out_dir / "fid_vs_steps.png")
+    return table
+
+
+def plot_sweep(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(table["nfe"], table["fid"], "o-", label=f"DDIM, eta {table['eta'].iloc[0]}")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per sample (sampling steps)")
+    ax.set_ylabel(f"FID ({int(table['n'].iloc[0])} samples)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

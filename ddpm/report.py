@@ -1,0 +1,183 @@
+"""The run's report: `reports/report.md` with figures beside it, readable on GitHub.
+
+Every number and figure comes from this run's stage outputs; a section whose
+input is absent says so instead of showing something stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ddpm.analysis import save_figure
+from ddpm.config import Params
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where the stages wrote what the report reads."""
+    prepared: Path
+    models: Path
+    live: Path
+    samples: Path
+    fid: Path
+    analysis: Path
+    sweep: Path | None = None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def changed_params(params: Params) -> list[tuple[str, object, object]]:
+    """(key, value, default) for every param that differs from the code's default."""
+    out = []
+    for section in dataclasses.fields(Params):
+        ours, default = getattr(params, section.name), getattr(Params(), section.name)
+        for field in dataclasses.fields(ours):
+            a, b = getattr(ours, field.name), getattr(default, field.name)
+            if a != b:
+                out.append((f"{section.name}.{field.name}", a, b))
+    return out
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def plot_training_curves(live: Path, path: Path) -> bool:
+    """Training loss (per step, with a running mean) and validation loss; False if no data."""
+    train_tsv = live / "plots" / "metrics" / "train" / "loss.tsv"
+    if not train_tsv.is_file():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = pd.read_csv(train_tsv, sep="\t")
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(train["step"], train["loss"], lw=0.6, alpha=0.35, label="train (logged steps)")
+    window = max(1, len(train) // 20)
+    ax.plot(train["step"], train["loss"].rolling(window, min_periods=1).mean(), lw=1.8,
+            label=f"train, running mean of {window}")
+    val_tsv = live / "plots" / "metrics" / "val" / "loss.tsv"
+    if val_tsv.is_file():
+        val = pd.read_csv(val_tsv, sep="\t")
+        ax.plot(val["step"], val["loss"], "o-", lw=1.5, label="validation (EMA, fixed noise)")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("per-pixel MSE")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
+    live = _read_json(outputs.live / "metrics.json")
+    train, val = live.get("train", {}), live.get("val", {})
+    fid = _read_json(outputs.fid)
+    model = _read_json(outputs.models / "config.json")
+    rows = [
+        ("optimizer steps", _fmt(model.get("steps"))),
+        ("final training loss (per-pixel MSE, last logged step)", _fmt(train.get("loss"))),
+        ("validation loss (EMA weights, fixed holdout images, noise and t)", _fmt(val.get("loss"))),
+        ("training throughput (images/s, all devices)", _fmt(train.get("images_per_s"), 3)),
+        ("training time (s)", _fmt(train.get("time_s"), 4)),
+    ]
+    if fid:
+        weights = "official" if fid.get("inception_official") else \
+            "STAND-IN, compare runs only, not published FIDs"
+        rows += [
+            ("FID", f"**{_fmt(fid.get('fid'))}**"),
+            ("FID sample count / reference", f"{fid.get('n_generated')} generated vs "
+             f"{fid.get('n_reference')} real ({fid.get('reference_split')} split)"),
+            ("sampler", f"{fid.get('sampler')}, {fid.get('steps')} steps, eta "
+             f"{fid.get('eta')}, {'EMA' if fid.get('use_ema') else 'raw'} weights"),
+            ("Inception weights", weights),
+        ]
+    return rows
+
+
+def _table(rows, header=("", "")) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    return lines + [f"| {a} | {b} |" for a, b in rows]
+
+
+def _figure(src: Path, figures: Path, name: str, alt: str) -> list[str]:
+    if not src.is_file():
+        return [f"_{alt}: not produced in this run._", ""]
+    shutil.copyfile(src, figures / name)
+    return [f"![{alt}](figures/{name})", ""]
+
+
+def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
+    """Write `out_md` and its figures (in `figures/` beside it); return the markdown."""
+    figures = out_md.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    manifest = _read_json(outputs.prepared / "manifest.json")
+    counts = manifest.get("counts", {})
+    lines = [f"# {params.report.title}", "",
+             "_Written by the `report` stage from this run's outputs (`dvc repro`)._", "",
+             "## Run", ""]
+    lines += _table([
+        ("data", f"`{manifest.get('source')}` ({manifest.get('source_kind')}), "
+                 f"{counts.get('train')} train + {counts.get('holdout')} holdout images, "
+                 f"{manifest.get('img_size')} px, crop `{manifest.get('crop')}`, "
+                 f"{len(manifest.get('skipped', []))} skipped"),
+        ("model", f"`{params.model.arch}`, {params.diffusion.schedule} schedule, "
+                  f"T = {params.diffusion.timesteps}, predicts {params.diffusion.prediction}"),
+        ("training", f"batch {params.train.batch_size} × accumulate "
+                     f"{params.train.accumulate_grad_batches} × {params.train.devices} device(s), "
+                     f"lr {params.train.lr}, precision {params.train.precision}"),
+    ])
+    changed = changed_params(params)
+    lines += ["", "Params that differ from the defaults:", ""]
+    lines += _table([(f"`{k}`", f"{_fmt(a)} (default {_fmt(b)})") for k, a, b in changed],
+                    ("key", "value")) if changed else ["_none: this is the default run._"]
+    lines += ["", "## Metrics", ""] + _table(_metrics_rows(outputs, params), ("metric", "value"))
+    lines += ["", "## Samples", "", "The first generated samples (fixed seeds):", ""]
+    lines += _figure(outputs.samples / "grid.png", figures, "samples.png", "sample grid")
+    lines += ["## Sampling trajectory", "",
+              "Top row x_t, bottom row the model's prediction of x_0, along the sampling steps "
+              "(research log #6):", ""]
+    lines += _figure(outputs.samples / "trajectory.gif", figures, "trajectory.gif",
+                     "trajectory movie")
+    lines += ["## Training", ""]
+    if plot_training_curves(outputs.live, figures / "training_loss.png"):
+        lines += ["![training and validation loss](figures/training_loss.png)", ""]
+    else:
+        lines += ["_no training log in this run._", ""]
+    lines += ["## Loss per timestep", ""]
+    lines += _figure(outputs.analysis / "timestep_loss.png", figures, "timestep_loss.png",
+                     "loss per timestep")
+    quarters = _read_json(outputs.analysis / "metrics.json").get("timestep_loss", {})
+    if quarters:
+        lines += _table([(k, _fmt(v)) for k, v in quarters.items()],
+                        ("mean loss by quarter of t (q1 = least noise)", "per-pixel MSE"))
+        lines += [""]
+    if outputs.sweep is not None and (outputs.sweep / "fid_vs_steps.png").is_file():
+        lines += ["## FID against sampling steps", ""]
+        lines += _figure(outputs.sweep / "fid_vs_steps.png", figures, "fid_vs_steps.png",
+                         "FID against network evaluations")
+    lines += ["## Comparing experiments", "",
+              "`ddpm compare` turns `dvc exp show` into a table of every experiment (the "
+              "params that differ, the key metrics) and one figure overlaying their loss "
+              "per timestep: [experiments.md](experiments.md) once it has been run.", ""]
+    text = "\n".join(lines).rstrip() + "\n"
+    tmp = out_md.with_name(out_md.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out_md)
+    return text

@@ -1,0 +1,26 @@
+"""DVC stage `fid_ref`: Inception statistics of the real images (cached; model-independent)."""
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ddpm.config import load_params
+from ddpm.errors import one_line_errors
+from ddpm.evaluation import reference_statistics
+
+
+@one_line_errors
+def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+         data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
+         out: Path = typer.Option(Path("fid_ref/stats.npz"), help="Output statistics.")) -> None:
+    """μ and Σ of the 2048-d Inception pool features of fid.ref_split (pytorch-fid's .npz)."""
+    fid = load_params(params).fid
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    meta = reference_statistics(data, out, split=fid.ref_split, weights=fid.weights,
+                                batch_size=fid.batch_size, device=device)
+    print(f"FID reference: {meta['n']} {meta['split']} images -> {out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

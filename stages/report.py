@@ -1,0 +1,27 @@
+"""DVC stage `report`: every stage's outputs → reports/report.md + reports/figures/."""
+
+from pathlib import Path
+
+import typer
+
+from ddpm.config import load_params
+from ddpm.errors import one_line_errors
+from ddpm.report import RunOutputs, build_report
+
+
+@one_line_errors
+def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+         out: Path = typer.Option(Path("reports/report.md"), help="The report to write.")
+         ) -> None:
+    """Write the run's markdown report with its figures."""
+    outputs = RunOutputs(prepared=Path("data/prepared"), models=Path("models"),
+                         live=Path("dvclive"), samples=Path("samples"),
+                         fid=Path("metrics/fid.json"), analysis=Path("analysis"),
+                         sweep=Path("sweep"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_report(load_params(params), outputs, out)
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,131 @@
+"""End to end: `dvc repro` and `dvc exp run` on a copy of this repository with tiny params.
+
+One module-scoped repository runs the whole pipeline once; the tests then read
+its outputs and run experiments in it. Uses the stand-in Inception weights
+(tests/conftest.py), so FIDs here compare runs with each other only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import tiny
+from ddpm.config import params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = tiny.raw_params(
+    train={"max_steps": 120, "val_every": 40, "sample_every": 60, "checkpoint_every": 60},
+    sample={"n": 24, "steps": 10, "batch_size": 12, "shard_size": 12, "sweep_steps": [2, 5],
+            "sweep_n": 12},
+    fid={"batch_size": 32},
+    analysis={"t_points": 40, "n_images": 8})
+
+
+def run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, standin_inception) -> Path:
+    """A git + DVC copy of the repository's tracked files with tiny params, reproduced once."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], cwd=REPO, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        src = REPO / name
+        if src.is_file() and not name.startswith("reports/"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / name)
+    # Every key spelled out: dvc.yaml's templating and params tracking need them all.
+    full = dataclasses.asdict(params_from_dict(TINY))
+    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(args, root)
+    run(["dvc", "repro"], root, timeout=1200)
+    return root
+
+
+def test_repro_writes_every_output_then_is_up_to_date(project):
+    for path in ("data/prepared/manifest.json", "models/ema.safetensors", "models/config.json",
+                 "samples/grid.png", "samples/trajectory.gif", "fid_ref/stats.npz",
+                 "metrics/fid.json", "sweep/fid_vs_steps.csv", "analysis/timestep_loss.csv",
+                 "reports/report.md", "reports/figures/samples.png",
+                 "reports/figures/training_loss.png", "reports/figures/timestep_loss.png"):
+        assert (project / path).is_file(), path
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status
+    again = run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in again
+
+
+def test_training_loss_falls_and_metrics_are_reported(project):
+    loss = pd.read_csv(project / "dvclive/plots/metrics/train/loss.tsv", sep="\t")["loss"]
+    assert loss.iloc[-3:].mean() < 0.6 * loss.iloc[:3].mean()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    text = json.dumps(shown)
+    assert '"fid"' in text and '"loss"' in text and "loss_q1" in text
+
+
+def test_report_is_filled_from_this_runs_outputs(project):
+    report = (project / "reports/report.md").read_text()
+    fid = json.loads((project / "metrics/fid.json").read_text())
+    assert f"{fid['fid']:.4g}" in report
+    assert "STAND-IN" in report                         # stand-in weights are declared
+    assert "not produced" not in report and "no training log" not in report
+    for link in ("figures/samples.png", "figures/trajectory.gif", "figures/training_loss.png",
+                 "figures/timestep_loss.png", "figures/fid_vs_steps.png"):
+        assert f"]({link})" in report and (project / "reports" / link).is_file(), link
+
+
+def test_timestep_loss_has_the_eps_prediction_shape_and_fixed_noise(project):
+    table = pd.read_csv(project / "analysis/timestep_loss.csv")
+    quarter = len(table) // 4
+    assert table["loss_mean"].iloc[:quarter].mean() > table["loss_mean"].iloc[-quarter:].mean()
+    before = (project / "analysis/timestep_loss.csv").read_bytes()
+    run(["dvc", "repro", "-f", "timestep_loss"], project)
+    assert (project / "analysis/timestep_loss.csv").read_bytes() == before
+
+
+def test_changing_sample_steps_reruns_only_what_it_touches(project):
+    run(["dvc", "exp", "run", "--dry", "-S", "sample.steps=7"], project)  # validates the -S
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sample"]["steps"] = 7
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        dry = run(["dvc", "repro", "--dry"], project).stdout
+    finally:
+        run(["git", "checkout", "params.yaml"], project)
+    will_run = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert will_run == {"generate", "fid", "report"}
+
+
+def test_experiments_run_show_and_compare(project):
+    run(["dvc", "exp", "run", "-n", "cosine", "-S", "diffusion.schedule=cosine"], project,
+        timeout=900)
+    run(["dvc", "exp", "run", "-n", "ddim20", "-S", "sample.sampler=ddim", "-S",
+         "sample.steps=20"], project, timeout=900)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(shown)
+    assert '"cosine"' in text and '"ddim20"' in text
+    out = project / "compare"
+    run([sys.executable, "-m", "ddpm.cli", "compare", "--out", str(out / "experiments.md")],
+        project)
+    table = (out / "experiments.md").read_text()
+    assert "cosine" in table and "ddim20" in table and "diffusion.schedule" in table
+    assert "fid" in table
+    assert (out / "timestep_loss_overlay.png").is_file()

@@ -1,0 +1,196 @@
+"""Contract tests for UNet++: shapes, the nested node grid, layout errors, overfitting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm.config import ModelConfig
+from ddpm.errors import ConfigError
+from ddpm.models import ARCHITECTURES, build_model
+from ddpm.models.layers import AttentionBlock
+from ddpm.models.unetpp import UNetPP
+
+# Research log entry #9's index lists (as in tests/test_unet.py).
+LOG9 = dict(
+    channels=[64, 128, 256, 512, 1024],
+    down_attn=[False, False, False, True],
+    down_channel_indices=[[0, 0], [0, 1], [1, 2], [2, 3]],
+    mid_attn=[False, True, False],
+    mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
+    up_attn=[True, False, False],
+    up_channel_indices=[[3, 2], [2, 1], [1, 0]],
+)
+# Channels divided by 8 (indices and flags unchanged) so CPU shape tests stay fast.
+LOG9_SMALL = {**LOG9, "channels": [c // 8 for c in LOG9["channels"]]}
+# The default layout with narrower channels.
+DEFAULT_SMALL = dict(channels=[16, 32, 64], num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy shared CPU two threads that
+    wait for each other ran the overfit test 100× slower (87 s instead of 0.4 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(img_size: int = 32, **overrides) -> ModelConfig:
+    return dataclasses.replace(ModelConfig(arch="unetpp"), img_size=img_size, **overrides)
+
+
+def forward(model: nn.Module, batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    return model(x, t)
+
+
+# ------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize("layout", [DEFAULT_SMALL, LOG9_SMALL], ids=["default-small", "log9/8"])
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_output_shape_equals_input_shape(layout, size):
+    torch.manual_seed(0)
+    model = build_model(config(size, **layout))
+    batch = 2 if size <= 64 else 1
+    with torch.no_grad():
+        y = forward(model, batch, size)
+    assert y.shape == (batch, 3, size, size)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_default_config_builds_as_shipped():
+    """`model.arch=unetpp` with every other key at its default must build and run."""
+    model = build_model(ModelConfig(arch="unetpp"))
+    assert isinstance(model, UNetPP)
+    with torch.no_grad():
+        assert forward(model, 1, 32).shape == (1, 3, 32, 32)
+
+
+# ------------------------------------------------------------- node grid
+
+
+def test_nested_nodes_fuse_all_earlier_nodes_of_their_level():
+    """X^{i,j} takes j·c_i + c_{i+1} channels (Eq. 1) and gives c_i; one node per i + j ≤ D."""
+    model = build_model(config(64, **LOG9_SMALL))
+    widths = [8, 16, 32, 64, 64]  # down layers' out channels, then the last mid layer's
+    depth = 4
+    assert [len(column) for column in model.nested] == [4, 3, 2, 1]
+    for j, column in enumerate(model.nested, start=1):
+        for i, node in enumerate(column):
+            first = node.stack.blocks[0]
+            assert first.conv1.in_channels == j * widths[i] + widths[i + 1], (i, j)
+            assert first.conv2.out_channels == widths[i]
+            assert node.upsample.conv.in_channels == widths[i + 1]
+    assert len(model.backbone) == depth and model.head[-1].in_channels == widths[0]
+
+
+def test_top_pathway_is_dense_and_gives_the_prediction():
+    """X^{0,2} receives [X^{0,0}, X^{0,1}] and U(X^{1,1}); the head reads X^{0,2} = X^{0,L}."""
+    torch.manual_seed(0)
+    model = build_model(config(32, **DEFAULT_SMALL))      # D = 2 levels below the top
+    seen = {}
+
+    def keep(name):
+        return lambda m, args, out: seen.update({name: out})
+
+    model.backbone[0].register_forward_hook(keep("X00"))  # out = (X^{0,0}, halved)
+    model.nested[0][0].register_forward_hook(keep("X01"))
+    model.nested[0][1].register_forward_hook(keep("X11"))
+    model.nested[1][0].register_forward_hook(keep("X02"))
+    model.nested[1][0].register_forward_pre_hook(lambda m, args: seen.update(X02_in=args))
+    with torch.no_grad():
+        y = forward(model, 1, 32)
+    below, same_level, _ = seen["X02_in"]
+    assert torch.equal(below, seen["X11"])
+    assert torch.equal(same_level, torch.cat([seen["X00"][0], seen["X01"]], dim=1))
+    assert torch.equal(model.head(seen["X02"]), y)
+
+
+def test_attention_sits_at_every_node_of_a_level_that_asks_for_it():
+    """Log #9 at 64: down_attn[3] puts attention in X^{3,0} and X^{3,1} (8×8); mid at 4×4."""
+    model = build_model(config(64, **LOG9_SMALL))
+    seen = []
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionBlock):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: seen.append((name.split(".")[0], out.shape[-1])))
+    with torch.no_grad():
+        forward(model, 1, 64)
+    assert seen == [("backbone", 8), ("mid", 4), ("nested", 8)]
+
+
+def test_up_keys_are_unused():
+    """The nested decoder is fixed by the levels: any up_* lists give the same network."""
+    torch.manual_seed(0)
+    a = build_model(config(32, **DEFAULT_SMALL))
+    torch.manual_seed(0)
+    b = build_model(config(32, **DEFAULT_SMALL, up_attn=[False] * 5,
+                           up_channel_indices=[[9, 9]]))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+# -------------------------------------------------------- layout errors
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (dict(down_attn=[], down_channel_indices=[]), "model.down_attn"),
+    (dict(down_channel_indices=[[0, 0], [0, 1], [1, 2]]), "model.down_channel_indices"),
+    (dict(mid_attn=[True]), "model.mid_channel_indices"),
+    (dict(mid_channel_indices=[[3, 4], [4, 9], [4, 3]]), "model.mid_channel_indices[1]"),
+    (dict(down_channel_indices=[[0, 0], [0, 1], [2, 2], [2, 3]]),
+     "model.down_channel_indices[2]"),
+    (dict(mid_channel_indices=[[2, 4], [4, 4], [4, 3]]), "model.mid_channel_indices[0]"),
+    (dict(channels=[64, 0, 256, 512, 1024]), "model.channels[1]"),
+    (dict(img_size=100), "model.img_size"),
+    (dict(channels=[64, 128, 250, 512, 1024]), "model.norm_groups"),
+    (dict(num_heads=3), "model.num_heads"),
+])
+def test_bad_layout_raises_one_line_config_error_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        build_model(config(**{**LOG9, "img_size": 256, **overrides}))
+    message = str(err.value)
+    assert key in message
+    assert "\n" not in message and ": " in message  # one line: what, then the fix
+
+
+# ------------------------------------------------------------- training
+
+
+def test_tiny_unetpp_overfits_one_batch():
+    """Fixed x_t, t and a fixed random target: the loss must fall > 10× within 300 steps.
+
+    Stops as soon as it has (about 40 steps with this seed), to keep the test fast."""
+    torch.manual_seed(0)
+    model = build_model(config(16, channels=[16, 32, 32], num_res_blocks=1, num_heads=2))
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(4, 3, 16, 16, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    target = torch.randn(4, 3, 16, 16, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(300):
+        loss = nn.functional.mse_loss(model(x_t, t), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if losses[-1] < losses[0] / 10:
+            break
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+# ------------------------------------------------------------- registry
+
+
+def test_registry_builds_unetpp_from_a_real_callable():
+    assert ARCHITECTURES["unetpp"] == UNetPP.from_config
+    assert isinstance(build_model(config(32, **DEFAULT_SMALL)), UNetPP)
