@@ -39,8 +39,8 @@ from ddpm.training.callbacks import grid_image, to_uint8
 from ddpm.weights import WEIGHTS_FILES, load_model
 
 GRID_SIZE = 64
-TRAJECTORY_SEEDS = 6
-TRAJECTORY_FRAMES = 25
+TRAJECTORY_SEEDS = 4
+TRAJECTORY_FRAMES = 16
 
 
 def file_sha256(path: Path) -> str:
@@ -215,14 +215,14 @@ def write_trajectory(engine: Generator, path: Path) -> None:
     for t, x_t, x0_hat in result.trajectory:
         both = torch.cat([to_uint8(x_t), to_uint8(x0_hat)])  # [2·seeds, 3, H, W]
         frame = grid_image(both, nrow=TRAJECTORY_SEEDS)
-        scale = max(1, 128 // engine.img_size)
+        scale = max(1, 64 // engine.img_size)  # small images enlarged to 64 px, no more
         frames.append(frame.resize((frame.width * scale, frame.height * scale),
                                    Image.Resampling.NEAREST))
-    frames += [frames[-1]] * 10  # linger on the result
+    durations = [120] * (len(frames) - 1) + [1500]  # linger on the result
 
     def save(tmp: Path) -> None:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                       duration=120, loop=0)
+                       duration=durations, loop=0)
 
     write_atomically(path, save)
     if shutil.which("ffmpeg"):

@@ -46,11 +46,11 @@ def changed_params(params: Params) -> list[tuple[str, object, object]]:
     return out
 
 
-def _fmt(value, digits: int = 4) -> str:
+def fmt(value, digits: int = 4) -> str:
     if value is None or value == "":
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return str(value)
 
 
@@ -91,17 +91,17 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
     fid = _read_json(outputs.fid)
     model = _read_json(outputs.models / "config.json")
     rows = [
-        ("optimizer steps", _fmt(model.get("steps"))),
-        ("final training loss (per-pixel MSE, last logged step)", _fmt(train.get("loss"))),
-        ("validation loss (EMA weights, fixed holdout images, noise and t)", _fmt(val.get("loss"))),
-        ("training throughput (images/s, all devices)", _fmt(train.get("images_per_s"), 3)),
-        ("training time (s)", _fmt(train.get("time_s"), 4)),
+        ("optimizer steps", fmt(model.get("steps"))),
+        ("final training loss (per-pixel MSE, last logged step)", fmt(train.get("loss"))),
+        ("validation loss (EMA weights, fixed holdout images, noise and t)", fmt(val.get("loss"))),
+        ("training throughput (images/s, all devices)", fmt(train.get("images_per_s"), 3)),
+        ("training time (s)", fmt(train.get("time_s"), 4)),
     ]
     if fid:
         weights = "official" if fid.get("inception_official") else \
             "STAND-IN, compare runs only, not published FIDs"
         rows += [
-            ("FID", f"**{_fmt(fid.get('fid'))}**"),
+            ("FID", f"**{fmt(fid.get('fid'))}**"),
             ("FID sample count / reference", f"{fid.get('n_generated')} generated vs "
              f"{fid.get('n_reference')} real ({fid.get('reference_split')} split)"),
             ("sampler", f"{fid.get('sampler')}, {fid.get('steps')} steps, eta "
@@ -145,7 +145,7 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
     ])
     changed = changed_params(params)
     lines += ["", "Params that differ from the defaults:", ""]
-    lines += _table([(f"`{k}`", f"{_fmt(a)} (default {_fmt(b)})") for k, a, b in changed],
+    lines += _table([(f"`{k}`", f"{fmt(a)} (default {fmt(b)})") for k, a, b in changed],
                     ("key", "value")) if changed else ["_none: this is the default run._"]
     lines += ["", "## Metrics", ""] + _table(_metrics_rows(outputs, params), ("metric", "value"))
     lines += ["", "## Samples", "", "The first generated samples (fixed seeds):", ""]
@@ -165,7 +165,7 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
                      "loss per timestep")
     quarters = _read_json(outputs.analysis / "metrics.json").get("timestep_loss", {})
     if quarters:
-        lines += _table([(k, _fmt(v)) for k, v in quarters.items()],
+        lines += _table([(k, fmt(v)) for k, v in quarters.items()],
                         ("mean loss by quarter of t (q1 = least noise)", "per-pixel MSE"))
         lines += [""]
     if outputs.sweep is not None and (outputs.sweep / "fid_vs_steps.png").is_file():

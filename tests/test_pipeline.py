@@ -20,6 +20,7 @@ import yaml
 
 import tiny
 from ddpm.config import params_from_dict
+from ddpm.report import fmt
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -87,7 +88,7 @@ def test_training_loss_falls_and_metrics_are_reported(project):
 def test_report_is_filled_from_this_runs_outputs(project):
     report = (project / "reports/report.md").read_text()
     fid = json.loads((project / "metrics/fid.json").read_text())
-    assert f"{fid['fid']:.4g}" in report
+    assert f"**{fmt(fid['fid'])}**" in report
     assert "STAND-IN" in report                         # stand-in weights are declared
     assert "not produced" not in report and "no training log" not in report
     for link in ("figures/samples.png", "figures/trajectory.gif", "figures/training_loss.png",

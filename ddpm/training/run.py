@@ -2,7 +2,8 @@
 
 Resuming: a full checkpoint lives at `state_dir/last.ckpt`. When the train
 step starts and finds one made with the same fingerprint (every param that
-changes the training trajectory, plus the data's content hash), it continues
+changes the training trajectory, the data's content hash and the training
+code's hash), it continues
 from it; `max_steps` is not part of the fingerprint, so raising it continues a
 finished run. A checkpoint with another fingerprint is set aside (renamed, never
 deleted) with one line saying which params differ.
@@ -10,6 +11,7 @@ deleted) with one line saying which params differ.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from pathlib import Path
@@ -37,10 +39,26 @@ NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
                      "checkpoint_every", "num_workers"}
 
 
+# The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
+# deps), and must also start training afresh rather than resume the old run.
+TRAINING_CODE = ("config.py", "models", "diffusion", "training")
+
+
+def code_sha256() -> str:
+    root = Path(__file__).resolve().parents[1]  # the ddpm package
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        paths = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
+        for path in paths:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(params: Params, data_sha256: str) -> dict:
     train = {k: v for k, v in to_dict(params.train).items() if k not in NOT_FINGERPRINTED}
     return {"model": to_dict(params.model), "diffusion": to_dict(params.diffusion),
-            "train": train, "data_sha256": data_sha256}
+            "train": train, "data_sha256": data_sha256, "code_sha256": code_sha256()}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -67,7 +85,7 @@ def resume_path(state_dir: Path, expected: dict) -> Path | None:
         aside = state_dir / f"set-aside-{time.strftime('%Y%m%d-%H%M%S')}.ckpt"
         path.rename(aside)
         why = ", ".join(_differences(saved or {}, expected)[:4]) or "no fingerprint"
-        print(f"set aside {path} as {aside.name}: made with different params ({why}); "
+        print(f"set aside {path} as {aside.name}: made with different params or code ({why}); "
               "training starts from scratch")
     return None
 

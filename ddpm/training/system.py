@@ -36,7 +36,9 @@ class DiffusionSystem(L.LightningModule):
         if train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule.from_name(diffusion.schedule, diffusion.timesteps)
-        self.ema = EMA(self.net, train.ema_decay)
+        # Warm-up (decay min(d, (1+n)/(10+n))) so short runs are not dominated by the
+        # random initial weights: 0.999^800 would still weigh them at 45 %.
+        self.ema = EMA(self.net, train.ema_decay, warmup=True)
         # Registered so Lightning moves it to the device and checkpoints it.
         self.ema_net = self.ema.shadow
         # torch.compile wraps the network for the forward pass only; parameters,
