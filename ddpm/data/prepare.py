@@ -89,7 +89,7 @@ def _processed(items: Iterable[SourceItem], workers: int, settings: tuple) -> It
     slots = threading.Semaphore(workers * IN_FLIGHT_PER_WORKER)
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with context.Pool(workers, initializer=_init_worker, initargs=settings) as pool:
-        for result in pool.imap(_process, _bounded(items, slots), chunksize=8):
+        for result in pool.imap(_process, _bounded(items, slots), chunksize=32):
             slots.release()
             yield result
 
