@@ -15,7 +15,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from ddpm.analysis import save_figure

@@ -25,20 +25,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import ModelConfig
+from ddpm.log_layouts import LOG9 as LOG9_EXACT, LOG_RES_BLOCKS
 from ddpm.models import build_model
 from ddpm.models.dit import DIT_PRESETS
 
 IMG = 64
-LOG9 = dict(
-    channels=[64, 128, 256, 512, 1024],
-    down_attn=[False, False, False, True],
-    down_channel_indices=[[0, 0], [0, 1], [1, 2], [2, 3]],
-    mid_attn=[False, True, False],
-    mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
-    up_attn=[True, False, False],
-    up_channel_indices=[[3, 2], [2, 1], [1, 0]],
-    num_res_blocks=2,  # as in the DDPM paper and scripts/param_counts.py; the log does not say
-)
+LOG9 = dict(LOG9_EXACT, num_res_blocks=LOG_RES_BLOCKS)
 
 
 def rows() -> list[tuple[str, str, ModelConfig]]:

@@ -9,7 +9,6 @@ per image, so README time estimates can be grounded in a measured rate.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
@@ -17,20 +16,17 @@ import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import ModelConfig
+from ddpm.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, SMALL_CHANNELS, WIDE_CHANNELS
 from ddpm.models import build_model
 
-LOG9 = dict(down_attn=[False, False, False, True],
-            down_channel_indices=[[0, 0], [0, 1], [1, 2], [2, 3]],
-            mid_attn=[False, True, False], mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
-            up_attn=[True, False, False], up_channel_indices=[[3, 2], [2, 1], [1, 0]],
-            num_res_blocks=2)
+LOG9 = dict(LOG9_LISTS, num_res_blocks=LOG_RES_BLOCKS)
 LAYOUTS = {
     "default (demo, 32 px)": ModelConfig(),
-    "#1-#3 (assumed channels, 64 px)": ModelConfig(img_size=64, channels=[32, 64, 128, 256, 512],
+    "#1-#3 (assumed channels, 64 px)": ModelConfig(img_size=64, channels=SMALL_CHANNELS,
                                                   **LOG9),
-    "#5 (64 px)": ModelConfig(img_size=64, channels=[64, 128, 256, 512, 1024], **LOG9),
-    "#5 (96 px)": ModelConfig(img_size=96, channels=[64, 128, 256, 512, 1024], **LOG9),
-    "#7/#10 (128 px)": ModelConfig(img_size=128, channels=[64, 128, 256, 512, 1024], **LOG9),
+    "#5 (64 px)": ModelConfig(img_size=64, channels=WIDE_CHANNELS, **LOG9),
+    "#5 (96 px)": ModelConfig(img_size=96, channels=WIDE_CHANNELS, **LOG9),
+    "#7/#10 (128 px)": ModelConfig(img_size=128, channels=WIDE_CHANNELS, **LOG9),
 }
 
 

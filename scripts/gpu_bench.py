@@ -21,18 +21,15 @@ import typer
 
 from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from ddpm.data.prepare import prepare_dataset
+from ddpm.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
 from ddpm.diffusion.samplers import ddim_sample, initial_noise, sample_generators
 from ddpm.training.data import FaceDataModule
 from ddpm.training.run import build_trainer
 from ddpm.training.system import DiffusionSystem
 
 # Research log #5: channels [64..1024]; attention/index lists as written in #9.
-LOG5 = ModelConfig(img_size=64, channels=[64, 128, 256, 512, 1024],
-                   down_attn=[False, False, False, True],
-                   down_channel_indices=[[0, 0], [0, 1], [1, 2], [2, 3]],
-                   mid_attn=[False, True, False], mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
-                   up_attn=[True, False, False], up_channel_indices=[[3, 2], [2, 1], [1, 0]],
-                   num_res_blocks=2)
+LOG5 = ModelConfig(img_size=64, channels=WIDE_CHANNELS, num_res_blocks=LOG_RES_BLOCKS,
+                   **LOG9_LISTS)
 
 
 CUDA = torch.cuda.is_available()

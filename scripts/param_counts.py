@@ -13,23 +13,16 @@ from __future__ import annotations
 import torch
 
 from ddpm.config import ModelConfig
+from ddpm.log_layouts import LOG9_LISTS as LOG9_LISTS_EXACT, LOG_RES_BLOCKS, SMALL_CHANNELS, WIDE_CHANNELS
 from ddpm.models import build_model
 
-LOG9_LISTS = dict(
-    down_attn=[False, False, False, True],
-    down_channel_indices=[[0, 0], [0, 1], [1, 2], [2, 3]],
-    mid_attn=[False, True, False],
-    mid_channel_indices=[[3, 4], [4, 4], [4, 3]],
-    up_attn=[True, False, False],
-    up_channel_indices=[[3, 2], [2, 1], [1, 0]],
-    num_res_blocks=2,  # as in the DDPM paper; the log does not say
-)
+LOG9_LISTS = dict(LOG9_LISTS_EXACT, num_res_blocks=LOG_RES_BLOCKS)
 
 LAYOUTS: list[tuple[str, ModelConfig]] = [
-    ("#4 (channels assumed)", ModelConfig(img_size=96, channels=[32, 64, 128, 256, 512],
+    ("#4 (channels assumed)", ModelConfig(img_size=96, channels=SMALL_CHANNELS,
                                           **LOG9_LISTS)),
-    ("#5", ModelConfig(img_size=96, channels=[64, 128, 256, 512, 1024], **LOG9_LISTS)),
-    ("#9", ModelConfig(img_size=256, channels=[64, 128, 256, 512, 1024], **LOG9_LISTS)),
+    ("#5", ModelConfig(img_size=96, channels=WIDE_CHANNELS, **LOG9_LISTS)),
+    ("#9", ModelConfig(img_size=256, channels=WIDE_CHANNELS, **LOG9_LISTS)),
     ("default (ModelConfig())", ModelConfig()),
 ]
 

@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+
+import tiny
 from torch import nn
 
 from ddpm.config import ModelConfig
@@ -181,25 +183,9 @@ def test_dropout_acts_in_training_mode_only():
 
 
 def test_tiny_dit_overfits_one_batch():
-    """Fixed x_t, t and a fixed random target: the loss must fall > 10× within 300 steps.
-
-    Stops as soon as it has, to keep the test fast."""
+    """Fixed x_t, t and a fixed random target: the loss must fall > 10× within 300 steps."""
     torch.manual_seed(0)
-    model = build_model(config(16, patch_size=4, depth=2, hidden_size=64, num_heads=4))
-    g = torch.Generator().manual_seed(0)
-    x_t = torch.randn(4, 3, 16, 16, generator=g)
-    t = torch.tensor([0, 10, 500, 999])
-    target = torch.randn(4, 3, 16, 16, generator=g)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(300):
-        loss = nn.functional.mse_loss(model(x_t, t), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if losses[-1] < losses[0] / 10:
-            break
+    losses = tiny.overfit_losses(build_model(config(16, patch_size=4, depth=2, hidden_size=64, num_heads=4)), lr=1e-3)
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 

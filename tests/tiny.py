@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import yaml
 
 from ddpm.config import DataConfig, params_from_dict
@@ -41,3 +42,23 @@ def prepared(out: Path, n: int = 64) -> Path:
     """A prepared tiny demo data set (n images at IMG px)."""
     prepare_dataset(replace(DataConfig(), demo_size=n, workers=1), IMG, out, progress=False)
     return out
+
+
+def overfit_losses(model: torch.nn.Module, lr: float, max_steps: int = 300) -> list[float]:
+    """Adam on one fixed batch (x_t, t, random target) until the loss falls 10× or steps run out."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(4, 3, IMG, IMG, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    target = torch.randn(4, 3, IMG, IMG, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses: list[float] = []
+    for _ in range(max_steps):
+        loss = torch.nn.functional.mse_loss(model(x_t, t), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if losses[-1] < losses[0] / 10:
+            break
+    return losses

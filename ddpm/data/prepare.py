@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ddpm.data.images import UnusableImage, prepare_image
-from ddpm.data.sources import RawItem, Refused, SourceItem, open_source
+from ddpm.data.sources import Refused, SourceItem, open_source
 from ddpm.config import DataConfig
 from ddpm.errors import DataError
 

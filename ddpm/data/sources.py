@@ -11,7 +11,6 @@ as `Refused` items so they are listed with their reason like any other skip.
 from __future__ import annotations
 
 import functools
-import io
 import tarfile
 import zipfile
 from dataclasses import dataclass
