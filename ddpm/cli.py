@@ -85,11 +85,13 @@ def inception(
 def compare(
     out: Path = typer.Option(Path("reports/experiments.md"), help="Markdown file to write."),
     repo: Path = typer.Option(Path("."), help="The DVC repository."),
+    all_commits: bool = typer.Option(False, "--all-commits",
+                                     help="Also experiments derived from earlier commits."),
 ) -> None:
     """Table of all experiments (differing params, key metrics) + loss-per-timestep overlay."""
     from ddpm.compare import compare as compare_experiments
 
-    typer.echo(compare_experiments(repo, out))
+    typer.echo(compare_experiments(repo, out, all_commits))
 
 
 if __name__ == "__main__":

@@ -105,11 +105,15 @@ def plot_overlay(curves: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(repo: str | Path, out_md: str | Path) -> str:
-    """Write the experiments table (markdown) and the overlay figure beside it."""
+def compare(repo: str | Path, out_md: str | Path, all_commits: bool = False) -> str:
+    """Write the experiments table (markdown) and the overlay figure beside it.
+
+    By default the experiments derived from HEAD, as `dvc exp show` lists them;
+    `all_commits` adds those derived from earlier commits.
+    """
     repo, out_md = Path(repo), Path(out_md)
-    proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True,
-                          text=True)
+    command = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
     rows = experiment_rows(json.loads(proc.stdout))
