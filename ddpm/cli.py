@@ -85,13 +85,12 @@ def inception(
 def compare(
     out: Path = typer.Option(Path("reports/experiments.md"), help="Markdown file to write."),
     repo: Path = typer.Option(Path("."), help="The DVC repository."),
-    all_commits: bool = typer.Option(False, "--all-commits",
-                                     help="Also experiments derived from earlier commits."),
+    rev: str = typer.Option("", help="Baseline commit (default HEAD) whose experiments to show."),
 ) -> None:
     """Table of all experiments (differing params, key metrics) + loss-per-timestep overlay."""
     from ddpm.compare import compare as compare_experiments
 
-    typer.echo(compare_experiments(repo, out, all_commits))
+    typer.echo(compare_experiments(repo, out, rev))
 
 
 if __name__ == "__main__":

@@ -105,14 +105,14 @@ def plot_overlay(curves: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(repo: str | Path, out_md: str | Path, all_commits: bool = False) -> str:
+def compare(repo: str | Path, out_md: str | Path, rev: str = "") -> str:
     """Write the experiments table (markdown) and the overlay figure beside it.
 
-    By default the experiments derived from HEAD, as `dvc exp show` lists them;
-    `all_commits` adds those derived from earlier commits.
+    The experiments derived from HEAD, as `dvc exp show` lists them, or from the
+    commit `rev` (experiments run before the latest commits).
     """
     repo, out_md = Path(repo), Path(out_md)
-    command = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    command = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
     proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
