@@ -131,6 +131,7 @@ def test_sigkill_mid_run_then_rerun_resumes_and_stops_at_max_steps(tmp_path):
             if step >= 20:
                 proc.send_signal(signal.SIGKILL)
                 killed_at = step
+                killed_seconds = torch.load(ckpt, weights_only=False)["train_seconds"]
                 break
         time.sleep(0.2)
     proc.wait()
@@ -148,6 +149,8 @@ def test_sigkill_mid_run_then_rerun_resumes_and_stops_at_max_steps(tmp_path):
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {60}
     assert final["ema_updates"] == 60
+    # Training time adds up over the killed run and the resumed one.
+    assert final["train_seconds"] > killed_seconds > 0
     assert (tmp_path / "models" / "ema.safetensors").exists()
 
 

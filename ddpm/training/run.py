@@ -131,10 +131,9 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
                  SampleGrid(cfg.sample_every, seed=cfg.seed), Throughput(), *extra_callbacks]
     trainer = build_trainer(cfg, logger, callbacks, progress)
-    start = time.perf_counter()
     trainer.fit(system, datamodule=data, ckpt_path=resume)
     if trainer.is_global_zero:
-        logger.experiment.log_metric("train/time_s", round(time.perf_counter() - start, 1),
+        logger.experiment.log_metric("train/time_s", round(system.train_seconds(), 1),
                                      plot=False)
         logger.experiment.make_summary()
         config = {**expected, "steps": trainer.global_step,

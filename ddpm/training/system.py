@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import lightning as L
 import numpy as np
@@ -44,6 +45,14 @@ class DiffusionSystem(L.LightningModule):
         # torch.compile wraps the network for the forward pass only; parameters,
         # EMA and checkpoints stay on the plain module (no "_orig_mod." keys).
         self._forward_net = torch.compile(self.net) if train.compile else self.net
+        # Wall time of training, summed over every run that resumed this one.
+        self.seconds_before, self._fit_start = 0.0, time.perf_counter()
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self._fit_start
 
     # ------------------------------------------------------------ batches
 
@@ -102,6 +111,7 @@ class DiffusionSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ema_updates"] = self.ema.num_updates
+        checkpoint["train_seconds"] = self.train_seconds()
         # Plain types and tensors only, so the checkpoint loads with weights_only=True.
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
@@ -113,6 +123,7 @@ class DiffusionSystem(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.ema.num_updates = checkpoint.get("ema_updates", 0)
+        self.seconds_before = checkpoint.get("train_seconds", 0.0)
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
