@@ -25,14 +25,8 @@ LOG9_SMALL = {**LOG9, "channels": [c // 8 for c in LOG9["channels"]]}
 DEFAULT_SMALL = dict(channels=[16, 32, 64], num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU two threads that
-    wait for each other ran the overfit test 100× slower (87 s instead of 0.4 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (tests/conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(img_size: int = 32, **overrides) -> ModelConfig:
