@@ -8,14 +8,13 @@ and architectures, and two runs give identical tables.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import AnalysisConfig
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.samplers import initial_noise, sample_generators
@@ -97,23 +96,18 @@ def plot_timestep_loss(table: pd.DataFrame, path: Path, title: str = "") -> None
 
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure atomically; fixed metadata keeps PNG bytes reproducible."""
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."), metadata={"Software": None})
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."),
+                                                   metadata={"Software": None}))
 
 
 def write_analysis(table: pd.DataFrame, out_dir: str | Path, timesteps: int) -> dict:
     """Write the table (Parquet + CSV), the plot and the summary metrics; return the metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix, write in ((".parquet", lambda p: table.to_parquet(p, index=False)),
-                          (".csv", lambda p: table.to_csv(p, index=False))):
-        tmp = out_dir / f"timestep_loss{suffix}.tmp"
-        write(tmp)
-        os.replace(tmp, out_dir / f"timestep_loss{suffix}")
+    write_atomically(out_dir / "timestep_loss.parquet",
+                     lambda tmp: table.to_parquet(tmp, index=False))
+    write_atomically(out_dir / "timestep_loss.csv", lambda tmp: table.to_csv(tmp, index=False))
     plot_timestep_loss(table, out_dir / "timestep_loss.png")
     metrics = quarter_means(table, timesteps)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps({"timestep_loss": metrics}, indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    write_json_atomically(out_dir / "metrics.json", {"timestep_loss": metrics})
     return metrics

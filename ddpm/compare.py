@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ddpm.analysis import save_figure
+from ddpm.atomic import write_text_atomically
 from ddpm.errors import DdpmError
 
 KEY_METRICS = ("fid", "val.loss", "train.loss", "timestep_loss.loss_mean",
@@ -126,7 +127,5 @@ def compare(repo: str | Path, out_md: str | Path, rev: str = "") -> str:
     if curves:
         plot_overlay(curves, figure)
         text += f"\n![loss per timestep, all experiments]({figure.name})\n"
-    tmp = out_md.with_name(out_md.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out_md)
+    write_text_atomically(out_md, text)
     return text

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ddpm.analysis import save_figure
+from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import SampleConfig
 from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       load_inception, load_statistics, resolve_weights, save_statistics,
@@ -71,13 +71,6 @@ def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split
     return meta
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
                   weights: str, batch_size: int, device="cpu") -> dict:
     """FID of the generated shards against the reference statistics → metrics JSON."""
@@ -95,7 +88,7 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
                "eta": sample["eta"] if sample["sampler"] == "ddim" else None,
                "use_ema": sample["use_ema"], "inception_official": inception["official"],
                "inception_sha256": inception["sha256"]}
-    _write_json(Path(out_json), metrics)
+    write_json_atomically(out_json, metrics)
     return metrics
 
 
@@ -123,8 +116,7 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     table = pd.DataFrame(rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "fid_vs_steps.csv.tmp", index=False)
-    os.replace(out_dir / "fid_vs_steps.csv.tmp", out_dir / "fid_vs_steps.csv")
+    write_atomically(out_dir / "fid_vs_steps.csv", lambda tmp: table.to_csv(tmp, index=False))
     plot_sweep(table, out_dir / "fid_vs_steps.png")
     return table
 

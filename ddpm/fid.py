@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import pickle
 import socket
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -34,6 +31,7 @@ from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import InceptionV3
 
+from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.errors import DdpmError
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -179,30 +177,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
 # ------------------------------------------------------------------ statistics files
 
 
-def write_atomically(path: Path, write: Callable) -> None:
-    """Write via a temporary sibling then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray, meta: dict) -> None:
     """Save (μ, Σ) as pytorch-fid's `.npz` (keys mu, sigma) and `meta` as a sibling `.json`.
 
     `python -m pytorch_fid stats.npz other` reads the `.npz` directly.
     """
     path = Path(path)
-    write_atomically(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
-    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    write_atomically(path.with_suffix(".json"), lambda f: f.write(text.encode()))
+    def save_npz(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, mu=mu, sigma=sigma)
+
+    write_atomically(path, save_npz)
+    write_json_atomically(path.with_suffix(".json"), meta, sort_keys=True)
 
 
 def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
 from ddpm.training.callbacks import grid_image, to_uint8
@@ -95,12 +95,6 @@ def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
                        spacing=sample.spacing, **common)
 
 
-def write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 @dataclass
 class Generator:
     """Generates the shards assigned to one rank."""
@@ -135,7 +129,7 @@ def prepare_output(out_dir: Path, expected: dict) -> None:
     if out_dir.exists() and (not path.is_file() or json.loads(path.read_text()) != expected):
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda p: p.write_text(json.dumps(expected, indent=2) + "\n"))
+    write_json_atomically(path, expected)
 
 
 def iter_shards(out_dir: str | Path):
@@ -185,8 +179,7 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
                 "sample": to_dict(sample), "weights_sha256": expected["weights_sha256"],
                 "generated_now": todo, "seconds": round(elapsed, 2),
                 "images_per_s_rank0": round(todo / elapsed, 2) if todo and elapsed else None}
-    write_atomically(out_dir / "manifest.json",
-                     lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_json_atomically(out_dir / "manifest.json", manifest)
     return manifest
 
 

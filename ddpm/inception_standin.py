@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from pytorch_fid import inception as pf_inception
 from pytorch_fid.inception import InceptionV3
 
-from ddpm.fid import (FEATURE_DIM, images_to_tensor, inception_features, state_dict_source,
-                      write_atomically)
+from ddpm.atomic import write_atomically
+from ddpm.fid import FEATURE_DIM, images_to_tensor, inception_features, state_dict_source
 
 CALIBRATION_BATCH = 32
 PROBE_IMAGES = 32
@@ -145,4 +145,4 @@ def _save_atomically(state_dict: dict, path: Path) -> None:
     tensors only, not on the temporary file name torch records inside its archive."""
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
-    write_atomically(path, lambda f: f.write(buffer.getvalue()))
+    write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ddpm.analysis import save_figure
+from ddpm.atomic import write_text_atomically
 from ddpm.config import Params
 
 
@@ -177,7 +178,5 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
               "params that differ, the key metrics) and one figure overlaying their loss "
               "per timestep: [experiments.md](experiments.md) once it has been run.", ""]
     text = "\n".join(lines).rstrip() + "\n"
-    tmp = out_md.with_name(out_md.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out_md)
+    write_text_atomically(out_md, text)
     return text

@@ -7,12 +7,12 @@ network from `config.json` through the model registry and loads the tensors.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import DiffusionConfig, ModelConfig, build_section
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DataError
@@ -22,12 +22,6 @@ WEIGHTS_FILES = {True: "ema.safetensors", False: "net.safetensors"}  # keyed by 
 CONFIG_FILE = "config.json"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(ema_net: torch.nn.Module, net: torch.nn.Module, out_dir: str | Path,
                config: dict) -> None:
     """Write both weight sets and `config` (must hold 'model' and 'diffusion' sections)."""
@@ -35,10 +29,9 @@ def save_model(ema_net: torch.nn.Module, net: torch.nn.Module, out_dir: str | Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     for use_ema, module in ((True, ema_net), (False, net)):
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        _replace_atomically(out_dir / WEIGHTS_FILES[use_ema],
-                            lambda p, tensors=tensors: save_file(tensors, str(p)))
-    _replace_atomically(out_dir / CONFIG_FILE, lambda p: p.write_text(
-        json.dumps(config, indent=2, sort_keys=True) + "\n"))
+        write_atomically(out_dir / WEIGHTS_FILES[use_ema],
+                         lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
+    write_json_atomically(out_dir / CONFIG_FILE, config, sort_keys=True)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", *,
