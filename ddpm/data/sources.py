@@ -68,6 +68,17 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
+def _refusal(name: str, declared_size: int, regular_file: bool = True) -> str | None:
+    """Why an archive member is refused before reading it, or None if it may be read."""
+    reason = _unsafe_member(name)
+    if reason is None and not regular_file:
+        reason = "refused: link or special file in archive"
+    if reason is None and declared_size > MAX_MEMBER_BYTES:
+        reason = (f"refused: declares {declared_size:,} bytes, over the "
+                  f"{MAX_MEMBER_BYTES:,}-byte limit (archive bomb guard)")
+    return reason
+
+
 def _read_capped(stream, key: str) -> bytes | Refused:
     data = stream.read(MAX_MEMBER_BYTES + 1)
     if len(data) > MAX_MEMBER_BYTES:
@@ -105,10 +116,7 @@ def zip_source(path: Path) -> Source:
         with zipfile.ZipFile(path) as archive:
             for member in members:
                 key = member.filename
-                reason = _unsafe_member(key)
-                if reason is None and member.file_size > MAX_MEMBER_BYTES:
-                    reason = (f"refused: declares {member.file_size:,} bytes, over the "
-                              f"{MAX_MEMBER_BYTES:,}-byte limit (archive bomb guard)")
+                reason = _refusal(key, member.file_size)
                 if reason:
                     yield Refused(key, reason)
                     continue
@@ -132,12 +140,7 @@ def tar_source(path: Path) -> Source:
                 if not _is_image_name(member.name):
                     continue
                 key = member.name
-                reason = _unsafe_member(key)
-                if reason is None and not member.isfile():
-                    reason = "refused: link or special file in archive"
-                if reason is None and member.size > MAX_MEMBER_BYTES:
-                    reason = (f"refused: declares {member.size:,} bytes, over the "
-                              f"{MAX_MEMBER_BYTES:,}-byte limit (archive bomb guard)")
+                reason = _refusal(key, member.size, member.isfile())
                 if reason:
                     yield Refused(key, reason)
                     continue
