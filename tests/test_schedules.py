@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpm.diffusion.schedules import (SCHEDULES, NoiseSchedule, cosine_betas, extract,
-                                      linear_betas)
+                                      linear_betas, sigmoid_betas)
 from ddpm.errors import ConfigError
 
 
@@ -26,7 +26,8 @@ def test_betas_in_open_unit_interval_and_alpha_bar_decreasing(name, T):
 
 
 def test_schedules_registry_holds_real_functions():
-    assert SCHEDULES == {"linear": linear_betas, "cosine": cosine_betas}
+    assert SCHEDULES == {"linear": linear_betas, "cosine": cosine_betas,
+                         "sigmoid": sigmoid_betas}
     assert all(inspect.isfunction(f) for f in SCHEDULES.values())
 
 
@@ -114,8 +115,8 @@ def test_log_snr():
 
 
 def test_from_name_rejects_unknown_schedule():
-    with pytest.raises(ConfigError, match=r"^diffusion\.schedule = 'sigmoid': must be one of"):
-        NoiseSchedule.from_name("sigmoid", 1000)
+    with pytest.raises(ConfigError, match=r"^diffusion\.schedule = 'quadratic': must be one of"):
+        NoiseSchedule.from_name("quadratic", 1000)
     with pytest.raises(ConfigError, match=r"^diffusion\.timesteps"):
         NoiseSchedule.from_name("linear", 1)
 

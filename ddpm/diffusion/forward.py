@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ddpm.diffusion.schedules import NoiseSchedule, extract
 from ddpm.errors import ConfigError
@@ -20,6 +19,7 @@ from ddpm.errors import ConfigError
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 def check_prediction(prediction: str) -> None:
@@ -75,16 +75,39 @@ def predict_x0_and_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tens
     return a * x_t - sigma * model_output, sigma * x_t + a * model_output
 
 
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: str,
+                   gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight per timestep (Hang et al. 2023, "Efficient Diffusion Training
+    via Min-SNR Weighting Strategy", §3.4), float32 [B] on t's device.
+
+    The weight min(SNR_t, γ) is defined for the x0 loss ‖x̂0 − x0‖². The ε and v losses
+    are that x0 loss scaled by SNR_t and SNR_t + 1 (‖ε̂ − ε‖² = SNR·‖x̂0 − x0‖²,
+    ‖v̂ − v‖² = (SNR + 1)·‖x̂0 − x0‖²), so they are divided by those factors to give
+    the same weighting of x0 errors whatever the network predicts.
+    """
+    check_prediction(prediction)
+    alpha_bar = schedule.alphas_cumprod[t.cpu()]                   # float64 [B]
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    weight = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[prediction]
+    return weight.to(device=t.device, dtype=torch.float32)
+
+
 def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, loss_weighting: str = "none",
+                  min_snr_gamma: float = 5.0) -> torch.Tensor:
     """L_simple (Ho et al. 2020, eq. 14), for any prediction target: a scalar.
 
     t ~ Uniform{0..T−1} and ε ~ N(0, I) per image; the loss is the mean per-pixel
-    squared error between model(x_t, t) and the target. With a `generator`, the
+    squared error between model(x_t, t) and the target, each image weighted by
+    `min_snr_weight` when `loss_weighting` is "min_snr". With a `generator`, the
     draws come from it on its own device and then move to x0's device, so a seeded
     CPU generator gives the same t and ε wherever x0 lives.
     """
     check_prediction(prediction)
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"diffusion.loss_weighting = {loss_weighting!r}: must be one of "
+                          + ", ".join(repr(w) for w in LOSS_WEIGHTINGS))
     draw_device = generator.device if generator is not None else x0.device
     t = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator,
                       device=draw_device).to(x0.device)  # [B]
@@ -94,7 +117,10 @@ def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, predi
     target = prediction_target(schedule, x0, noise, t, prediction)
     # Float32 loss even under mixed precision: the mean of many small squares
     # loses most of its bits in bf16.
-    return F.mse_loss(model(x_t, t).float(), target.float())
+    per_image = (model(x_t, t).float() - target.float()).pow(2).flatten(1).mean(1)  # [B]
+    if loss_weighting == "min_snr":
+        per_image = per_image * min_snr_weight(schedule, t, prediction, min_snr_gamma)
+    return per_image.mean()
 
 
 @torch.no_grad()

@@ -50,9 +50,32 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return betas.clamp(max=max_beta)
 
 
+def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
+                  max_beta: float = 0.999) -> torch.Tensor:
+    """Sigmoid schedule (Jabri et al. 2022 "Scalable Adaptive Computation for Iterative
+    Generation", Algorithm/§C "sigmoid_schedule").
+
+    ᾱ(t) = (σ(end/τ) − σ((t/T·(end − start) + start)/τ)) / (σ(end/τ) − σ(start/τ)),
+    a slice [start, end] of the logistic curve rescaled to run from 1 at t = 0 to 0
+    at t = T; β_t = min(1 − ᾱ(t)/ᾱ(t−1), max_beta) as for the cosine schedule. It
+    spends fewer steps than cosine at the nearly clean and nearly pure-noise ends.
+    """
+    def alpha_bar(t: torch.Tensor) -> torch.Tensor:
+        v_start, v_end = (torch.sigmoid(torch.tensor(v / tau, dtype=torch.float64))
+                          for v in (start, end))
+        return (v_end - torch.sigmoid((t / timesteps * (end - start) + start) / tau)) / (
+            v_end - v_start)
+
+    t = torch.arange(timesteps + 1, dtype=torch.float64)  # [T+1]: paper's t = 0..T
+    alphas_bar = alpha_bar(t)
+    betas = 1 - alphas_bar[1:] / alphas_bar[:-1]  # [T]
+    return betas.clamp(max=max_beta)
+
+
 SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
     "linear": linear_betas,
     "cosine": cosine_betas,
+    "sigmoid": sigmoid_betas,
 }
 
 

@@ -51,7 +51,8 @@ from torch import nn
 
 from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
-from ddpm.models.layers import Downsample, ResidualStack, TimeEmbedding, Upsample
+from ddpm.models.layers import (BlockOptions, Downsample, ResidualStack, TimeEmbedding,
+                                Upsample)
 
 IMAGE_CHANNELS = 3  # RGB in, RGB-shaped prediction (ε, v or x0) out
 
@@ -194,7 +195,7 @@ class UNet(nn.Module):
                  mid_channel_indices: Sequence[Sequence[int]], up_attn: Sequence[bool],
                  up_channel_indices: Sequence[Sequence[int]], num_res_blocks: int,
                  num_heads: int, norm_groups: int, dropout: float, attn_dropout: float,
-                 dropout_kind: str):
+                 dropout_kind: str, time_injection: str = "add", zero_init: bool = False):
         super().__init__()
         check_layout(img_size=img_size, channels=channels, down_attn=down_attn,
                      down_channel_indices=down_channel_indices, mid_attn=mid_attn,
@@ -205,10 +206,9 @@ class UNet(nn.Module):
         base_ch = channels[down_channel_indices[0][0]]
         self.time_embedding = TimeEmbedding(base_ch)
 
-        def stack(in_ch: int, out_ch: int, num_blocks: int, attn: bool) -> ResidualStack:
-            return ResidualStack(in_ch, out_ch, num_blocks, self.time_embedding.dim, attn=attn,
-                                 num_heads=num_heads, groups=norm_groups, dropout=dropout,
-                                 dropout_kind=dropout_kind, attn_dropout=attn_dropout)
+        blocks = BlockOptions(self.time_embedding.dim, num_heads, norm_groups, dropout,
+                              dropout_kind, attn_dropout, time_injection, zero_init)
+        stack = blocks.stack
 
         self.stem = nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -228,8 +228,7 @@ class UNet(nn.Module):
         # Levels the up layers did not reach: one plain up step each, back to `ch`.
         self.head_up = nn.ModuleList(UpLevel(ch, stack(ch + skip_ch, ch, 1, False))
                                      for skip_ch in reversed(skip_chs))
-        self.head = nn.Sequential(nn.GroupNorm(norm_groups, ch), nn.SiLU(),
-                                  nn.Conv2d(ch, IMAGE_CHANNELS, 3, padding=1))
+        self.head = blocks.head(ch, IMAGE_CHANNELS)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNet":
@@ -240,7 +239,8 @@ class UNet(nn.Module):
                    up_attn=config.up_attn, up_channel_indices=config.up_channel_indices,
                    num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
                    norm_groups=config.norm_groups, dropout=config.dropout,
-                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind)
+                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind,
+                   time_injection=config.time_injection, zero_init=config.zero_init)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] noisy images, t: int64 [B] timesteps -> [B, 3, H, W]."""

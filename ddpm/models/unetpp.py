@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ddpm.config import ModelConfig
-from ddpm.models.layers import ResidualStack, TimeEmbedding
+from ddpm.models.layers import BlockOptions, TimeEmbedding
 from ddpm.models.unet import IMAGE_CHANNELS, DownLevel, UpLevel, check_layout
 
 NESTED_NODE_BLOCKS = 1  # ResidualBlocks in each nested node X^{i,j≥1} (see module docstring)
@@ -87,7 +87,7 @@ class UNetPP(nn.Module):
                  down_channel_indices: Sequence[Sequence[int]], mid_attn: Sequence[bool],
                  mid_channel_indices: Sequence[Sequence[int]], num_res_blocks: int,
                  num_heads: int, norm_groups: int, dropout: float, attn_dropout: float,
-                 dropout_kind: str):
+                 dropout_kind: str, time_injection: str = "add", zero_init: bool = False):
         super().__init__()
         # No up layers: the UNet's checks then cover exactly the keys UNet++ reads.
         check_layout(img_size=img_size, channels=channels, down_attn=down_attn,
@@ -100,10 +100,9 @@ class UNetPP(nn.Module):
         base_ch = channels[down_channel_indices[0][0]]
         self.time_embedding = TimeEmbedding(base_ch)
 
-        def stack(in_ch: int, out_ch: int, num_blocks: int, attn: bool) -> ResidualStack:
-            return ResidualStack(in_ch, out_ch, num_blocks, self.time_embedding.dim, attn=attn,
-                                 num_heads=num_heads, groups=norm_groups, dropout=dropout,
-                                 dropout_kind=dropout_kind, attn_dropout=attn_dropout)
+        blocks = BlockOptions(self.time_embedding.dim, num_heads, norm_groups, dropout,
+                              dropout_kind, attn_dropout, time_injection, zero_init)
+        stack = blocks.stack
 
         self.stem = nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
         # Column 0: X^{i,0}, i < L, each followed by the halving that feeds X^{i+1,0}.
@@ -120,8 +119,7 @@ class UNetPP(nn.Module):
                                              NESTED_NODE_BLOCKS, down_attn[i]))
                 for i in range(self.depth + 1 - j))
             for j in range(1, self.depth + 1))
-        self.head = nn.Sequential(nn.GroupNorm(norm_groups, widths[0]), nn.SiLU(),
-                                  nn.Conv2d(widths[0], IMAGE_CHANNELS, 3, padding=1))
+        self.head = blocks.head(widths[0], IMAGE_CHANNELS)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNetPP":
@@ -131,7 +129,8 @@ class UNetPP(nn.Module):
                    mid_attn=config.mid_attn, mid_channel_indices=config.mid_channel_indices,
                    num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
                    norm_groups=config.norm_groups, dropout=config.dropout,
-                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind)
+                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind,
+                   time_injection=config.time_injection, zero_init=config.zero_init)
 
     def encode(self, x: torch.Tensor, temb: torch.Tensor) -> list[list[torch.Tensor]]:
         """Column 0 of the grid: nodes[i] = [X^{i,0}] for levels i = 0..L."""

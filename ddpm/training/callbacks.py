@@ -11,7 +11,8 @@ import torch
 from torchvision.utils import make_grid
 from PIL import Image
 
-from ddpm.diffusion.samplers import ddim_sample, initial_noise, sample_generators
+from ddpm.config import SampleConfig
+from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +62,30 @@ class ResumeCheckpoint(L.Callback):
 
 
 class SampleGrid(L.Callback):
-    """A grid of EMA samples (fixed seeds, DDIM) every N optimizer steps and at the end.
+    """A grid of EMA samples (fixed seeds) every N optimizer steps and at the end.
 
     The research log judged runs by looking at these grids, so they are logged
     as images (dvclive puts them under plots/images) at the same seeds every time.
+    They are drawn with the run's own `sample.*` sampler, η, spacing and clipping,
+    so they look like what the generate stage will make; only the step count is
+    capped (at `max_steps`, and at T) to keep them cheap.
     """
 
-    def __init__(self, every_n_steps: int, n: int = 16, steps: int = 25, seed: int = 0):
-        self.every, self.n, self.steps, self.seed = every_n_steps, n, steps, seed
+    def __init__(self, every_n_steps: int, sample: SampleConfig, n: int = 16,
+                 max_steps: int = 25, seed: int = 0):
+        self.every, self.sample, self.n, self.seed = every_n_steps, sample, n, seed
+        self.max_steps = max_steps
         self._last = -1
+
+    def _draw(self, pl_module, noise: torch.Tensor, generators) -> torch.Tensor:
+        sample, schedule = self.sample, pl_module.schedule
+        common = dict(prediction=pl_module.diffusion.prediction, clip_x0=sample.clip_x0)
+        if sample.sampler == "ddpm":
+            return ddpm_sample(pl_module.ema_net, schedule, noise, generators,
+                               variance=sample.variance, **common).images
+        steps = min(sample.steps, self.max_steps, schedule.timesteps)
+        return ddim_sample(pl_module.ema_net, schedule, noise, generators, steps=steps,
+                           eta=sample.eta, spacing=sample.spacing, **common).images
 
     def _log(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_step == self._last or not trainer.is_global_zero:
@@ -79,9 +95,8 @@ class SampleGrid(L.Callback):
         generators = sample_generators(self.seed, range(self.n))
         noise = initial_noise(generators, (3, size, size), pl_module.device)
         pl_module.ema_net.eval()  # Lightning's .train() reaches it too; no dropout when sampling
-        result = ddim_sample(pl_module.ema_net, pl_module.schedule, noise, generators,
-                             steps=self.steps, prediction=pl_module.diffusion.prediction)
-        image = grid_image(to_uint8(result.images), nrow=int(self.n ** 0.5))
+        image = grid_image(to_uint8(self._draw(pl_module, noise, generators)),
+                           nrow=int(self.n ** 0.5))
         if trainer.logger is not None and hasattr(trainer.logger.experiment, "log_image"):
             trainer.logger.experiment.log_image(f"samples/step-{trainer.global_step:07d}.png",
                                                 image)

@@ -129,7 +129,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
                            resume=resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
-                 SampleGrid(cfg.sample_every, seed=cfg.seed), Throughput(), *extra_callbacks]
+                 SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(), *extra_callbacks]
     trainer = build_trainer(cfg, logger, callbacks, progress)
     trainer.fit(system, datamodule=data, ckpt_path=resume)
     if trainer.is_global_zero:

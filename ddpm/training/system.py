@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -11,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
-from ddpm.diffusion.forward import prediction_target, q_sample, training_loss
+from ddpm.diffusion.forward import (predict_x0_and_eps, prediction_target, q_sample,
+                                    training_loss)
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
 from ddpm.models import build_model
@@ -73,7 +76,9 @@ class DiffusionSystem(L.LightningModule):
     # ------------------------------------------------------------ steps
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        return training_loss(self._forward_net, self.schedule, x0, self.diffusion.prediction)
+        return training_loss(self._forward_net, self.schedule, x0, self.diffusion.prediction,
+                             loss_weighting=self.diffusion.loss_weighting,
+                             min_snr_gamma=self.diffusion.min_snr_gamma)
 
     def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(x0)
@@ -89,9 +94,14 @@ class DiffusionSystem(L.LightningModule):
         x0, noise, t = batch
         x_t = q_sample(self.schedule, x0, t, noise)
         target = prediction_target(self.schedule, x0, noise, t, self.diffusion.prediction)
-        loss = F.mse_loss(self.ema_net(x_t, t).float(), target.float())
+        output = self.ema_net(x_t, t).float()
+        loss = F.mse_loss(output, target.float())
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True,
                  batch_size=x0.shape[0])
+        # ε-MSE whatever the network predicts, so runs with different targets compare.
+        _, eps_hat = predict_x0_and_eps(self.schedule, x_t, t, output, self.diffusion.prediction)
+        self.log("val/eps_mse", F.mse_loss(eps_hat, noise.float()), on_epoch=True,
+                 sync_dist=True, batch_size=x0.shape[0])
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -101,9 +111,9 @@ class DiffusionSystem(L.LightningModule):
         cfg = self.train_config
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr,
                                       weight_decay=cfg.weight_decay)
-        warmup = max(cfg.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            optimizer, partial(lr_factor, warmup_steps=cfg.warmup_steps,
+                               max_steps=cfg.max_steps, schedule=cfg.lr_schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
 
@@ -132,6 +142,20 @@ class DiffusionSystem(L.LightningModule):
             random.setstate(rng["python"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up over `warmup_steps`, then "constant" 1, or "cosine": half a
+    cosine from 1 at the end of warm-up to 0 at `max_steps` (Loshchilov & Hutter
+    2017, SGDR, without restarts), so short runs end on small, averaging steps.
+    """
+    warmup = max(warmup_steps, 1)
+    if step < warmup or schedule == "constant":
+        return min(1.0, (step + 1) / warmup)
+    progress = min(1.0, (step + 1 - warmup) / max(max_steps - warmup, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _channels_last(batch):
