@@ -39,3 +39,7 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 
 def write_json_atomically(path: str | Path, data: dict, **dumps) -> None:
     write_text_atomically(path, json.dumps(data, indent=2, **dumps) + "\n")
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))

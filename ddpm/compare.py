@@ -1,8 +1,10 @@
 """`ddpm compare`: every experiment side by side, from `dvc exp show --json`.
 
-A markdown table (the params that differ between experiments, plus the key
-metrics) and one figure overlaying the experiments' loss-per-timestep curves,
-read from each experiment's commit (the curve's CSV is a git-tracked plot).
+A markdown table (the params that differ between experiments, the key metrics
+and each experiment's grid of generated samples) and one figure overlaying the
+experiments' loss-per-timestep curves, read from each experiment's commit (the
+curve's CSV and the report's sample grid are git-tracked). Only generated
+samples are copied out, never training images.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from ddpm.analysis import save_figure
-from ddpm.atomic import write_text_atomically
+from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
 
-KEY_METRICS = ("fid", "val.loss", "train.loss", "timestep_loss.loss_mean",
+KEY_METRICS = ("fid", "val.eps_mse", "val.loss", "train.loss", "timestep_loss.loss_q1",
+               "timestep_loss.loss_q2", "timestep_loss.loss_q3", "timestep_loss.loss_q4",
                "train.images_per_s", "train.time_s")
 CURVE = "analysis/timestep_loss.csv"
+GRID = "reports/figures/samples.png"  # the report's grid of generated samples
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -67,23 +71,44 @@ def _cell(value) -> str:
     return "–" if value is None else str(value).replace("|", "/")
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], grids: dict[str, str] | None = None) -> str:
+    """One row per experiment; `grids` maps names to image paths for a samples column."""
     keys = sorted({k for r in rows for k in r["params"]})
     differing = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
     metrics = [m for m in KEY_METRICS if any(m in r["metrics"] for r in rows)]
     header = ["experiment", "rev"] + [f"`{k}`" for k in differing] + metrics
+    header += ["samples"] if grids else []
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         cells = [r["name"], r["rev"][:7]] + [_cell(r["params"].get(k)) for k in differing]
         cells += [_cell(r["metrics"].get(m)) for m in metrics]
+        if grids:
+            grid = grids.get(r["name"])
+            cells.append(f'<img src="{grid}" width="128">' if grid else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _git_show(repo: Path, rev: str, path: str) -> bytes | None:
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True)
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def curve_at(repo: Path, rev: str) -> pd.DataFrame | None:
-    shown = subprocess.run(["git", "show", f"{rev}:{CURVE}"], cwd=repo, capture_output=True,
-                           text=True)
-    return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
+    text = _git_show(repo, rev, CURVE)
+    return pd.read_csv(io.BytesIO(text)) if text is not None else None
+
+
+def copy_grids(repo: Path, rows: list[dict], folder: Path) -> dict[str, str]:
+    """Each experiment's grid of generated samples → folder/NAME.png; {name: relative path}."""
+    grids = {}
+    for r in rows:
+        png = _git_show(repo, r["rev"], GRID)
+        if png is not None:
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["name"])
+            write_bytes_atomically(folder / f"{name}.png", png)
+            grids[r["name"]] = f"{folder.name}/{name}.png"
+    return grids
 
 
 def plot_overlay(curves: dict[str, pd.DataFrame], path: Path) -> None:
@@ -123,7 +148,8 @@ def compare(repo: str | Path, out_md: str | Path, rev: str = "") -> str:
     out_md.parent.mkdir(parents=True, exist_ok=True)
     figure = out_md.with_name("timestep_loss_overlay.png")
     curves = {r["name"]: c for r in rows if (c := curve_at(repo, r["rev"])) is not None}
-    text = "# Experiments\n\n" + markdown_table(rows)
+    grids = copy_grids(repo, rows, out_md.with_name(out_md.stem + "-samples"))
+    text = "# Experiments\n\n" + markdown_table(rows, grids)
     if curves:
         plot_overlay(curves, figure)
         text += f"\n![loss per timestep, all experiments]({figure.name})\n"

@@ -128,3 +128,47 @@ class Throughput(L.Callback):
             rate = self._images / (time.perf_counter() - self._start)
             pl_module.log("train/images_per_s", rate, on_step=True, rank_zero_only=True)
             self._start = None
+
+
+class ProgressLines(L.Callback):
+    """Plain progress lines when stdout is not a terminal (`dvc repro`, CI logs, files).
+
+    A bar redrawn with carriage returns is unreadable there, so rank 0 prints one
+    line every `every_s` seconds and at the end: step, loss, images/s and the time
+    left at the rate so far.
+    """
+
+    def __init__(self, every_s: float = 20.0, images_per_step: int = 1):
+        self.every_s, self.images_per_step = every_s, images_per_step
+        self._start = self._last = 0.0
+        self._step0 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.perf_counter()
+        self._step0 = trainer.global_step
+
+    def _line(self, trainer) -> str:
+        now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
+        done = max(step - self._step0, 1)
+        per_step = (now - self._start) / done
+        loss = trainer.callback_metrics.get("train/loss")
+        return (f"train step {step}/{total} ({100 * step // max(total, 1)}%)"
+                + (f"  loss {float(loss):.4f}" if loss is not None else "")
+                + f"  {self.images_per_step / per_step:.1f} img/s"
+                + f"  elapsed {_clock(now - self._start)}"
+                + f"  left {_clock(per_step * max(total - step, 0))}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and time.perf_counter() - self._last >= self.every_s:
+            self._last = time.perf_counter()
+            print(self._line(trainer), flush=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            print(self._line(trainer), flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+

@@ -12,6 +12,8 @@ deleted) with one line saying which params differ.
 from __future__ import annotations
 
 import hashlib
+import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
 from ddpm.errors import DataError
-from ddpm.training.callbacks import ResumeCheckpoint, SampleGrid, Throughput
+from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
 from ddpm.training.data import FaceDataModule, read_manifest
 from ddpm.training.system import DiffusionSystem
 from ddpm.weights import save_model
@@ -34,6 +36,12 @@ CHECKPOINT = "last.ckpt"
 # the module (not the DataModule) scales and flips batches on the device.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+# Third-party noise with nothing for the user to do: torch's own pytree deprecation
+# (raised inside Lightning) and Lightning's advert for its cloud logger.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+                        category=FutureWarning)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.getMessage()).startswith("💡 Tip"))
 # Keys that do not change what is learned: changing them keeps a checkpoint resumable.
 NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
                      "checkpoint_every", "num_workers"}
@@ -129,8 +137,15 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
                            resume=resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
-                 SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(), *extra_callbacks]
-    trainer = build_trainer(cfg, logger, callbacks, progress)
+                 SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(),
+                 *extra_callbacks]
+    # A live bar on a terminal; elsewhere (dvc repro's pipe, CI logs) plain lines.
+    bar = progress and sys.stdout.isatty()
+    if progress and not bar:
+        callbacks.append(ProgressLines(images_per_step=cfg.batch_size
+                                       * cfg.accumulate_grad_batches * cfg.devices
+                                       * cfg.num_nodes))
+    trainer = build_trainer(cfg, logger, callbacks, bar)
     trainer.fit(system, datamodule=data, ckpt_path=resume)
     if trainer.is_global_zero:
         logger.experiment.log_metric("train/time_s", round(system.train_seconds(), 1),
