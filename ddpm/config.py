@@ -62,8 +62,8 @@ class ModelConfig:
     dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
     attn_dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
     dropout_kind: Literal["element", "channel"] = "element"
-    time_injection: Literal["add", "scale_shift"] = "add"
-    zero_init: bool = False
+    time_injection: Literal["add", "scale_shift"] = "scale_shift"
+    zero_init: bool = True
     patch_size: int = _bounded(4, ge=1)
     dit_size: Literal["custom", "S", "B", "L"] = "custom"
     depth: int = _bounded(6, ge=1)
@@ -72,10 +72,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"
     timesteps: int = _bounded(1000, ge=2)
-    prediction: Literal["eps", "v", "x0"] = "eps"
-    loss_weighting: Literal["none", "min_snr"] = "none"
+    prediction: Literal["eps", "v", "x0"] = "v"
+    loss_weighting: Literal["none", "min_snr"] = "min_snr"
     min_snr_gamma: float = _bounded(5.0, gt=0.0)
 
 
@@ -85,9 +85,9 @@ class TrainConfig:
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    lr: float = _bounded(2e-4, gt=0.0)
+    lr: float = _bounded(1e-3, gt=0.0)
     warmup_steps: int = _bounded(100, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = _bounded(0.0, ge=0.0)
     grad_clip: float = _bounded(1.0, ge=0.0)
     ema_decay: float = _bounded(0.999, ge=0.0, lt=1.0)

@@ -183,6 +183,44 @@ def test_tiny_dit_overfits_one_batch():
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 
+def test_dit_memorises_two_images_and_ddim_reproduces_them():
+    """The whole DiT path (patchify, positions, adaLN, un-patchify, v-prediction, DDIM):
+    trained on two 8×8 images, its samples must land on those images, both of them.
+
+    A wrong patch order or a broken conditioning path cannot do this: the denoiser of a
+    two-point data set has to put every pixel back where it was. Samples from noise that
+    falls between the two modes may end between them, so the bound is on the median and
+    on the best sample per image; MSE 0.01 is a PSNR of 26 dB on the [−1, 1] scale.
+    """
+    from ddpm.diffusion import (NoiseSchedule, ddim_sample, initial_noise, sample_generators,
+                                training_loss)
+    from ddpm.training.system import lr_factor
+
+    torch.manual_seed(0)
+    net = build_model(config(8, patch_size=2, depth=2, hidden_size=64, num_heads=4))
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1                 # [2, 3, 8, 8]
+    steps = 600
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, warmup_steps=20, max_steps=steps, schedule="cosine"))
+    for _ in range(steps):
+        x0 = images[torch.randint(0, 2, (16,), generator=g)]
+        loss = training_loss(net, schedule, x0, "v", g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        decay.step()
+    generators = sample_generators(0, range(8))
+    noise = initial_noise(generators, (3, 8, 8), "cpu")
+    samples = ddim_sample(net.eval(), schedule, noise, generators, steps=20,
+                          prediction="v").images
+    mse = (samples[:, None] - images[None]).pow(2).flatten(2).mean(2)  # [8 samples, 2 images]
+    assert mse.min(1).values.median() < 0.01, mse
+    assert (mse.min(0).values < 0.01).all(), mse                       # each image reproduced
+
+
 # ------------------------------------------------------------- registry
 
 
