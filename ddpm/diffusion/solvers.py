@@ -34,6 +34,7 @@ not need it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -54,7 +55,9 @@ def solver_sigmas(schedule: NoiseSchedule, taus: np.ndarray) -> torch.Tensor:
 
 def prepare_scheduler(scheduler, schedule: NoiseSchedule, taus: np.ndarray):
     """Point a fresh diffusers multistep scheduler at `taus` (descending) with float64 σ."""
-    scheduler.set_timesteps(len(taus))  # resets the multistep history
+    with warnings.catch_warnings():  # diffusers 0.42's np.array(tensor) under numpy 2
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scheduler.set_timesteps(len(taus))  # resets the multistep history
     scheduler.timesteps = torch.from_numpy(taus.astype(np.int64))
     scheduler.sigmas = solver_sigmas(schedule, taus)
     scheduler.set_begin_index(0)
