@@ -125,7 +125,7 @@ def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_
     # Whatever the kill interrupted, every shard file on disk is complete.
     assert all(np.load(killed / name).shape[0] == 16 for name in shards(killed))
     rerun = run_stage(tmp_path, model_dir, killed, **big)
-    output, _ = rerun.communicate(timeout=300)
+    output, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, output
     assert json.loads((killed / "manifest.json").read_text())["generated_now"] == \
         96 - 16 * done_before
@@ -133,6 +133,6 @@ def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_
 
     two = tmp_path / "two"
     proc = run_stage(tmp_path, model_dir, two, devices=2, **big)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
     assert shards(two) == shards(reference)
