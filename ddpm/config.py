@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ddpm.diffusion.registry import SAMPLER_NAMES
+from ddpm.diffusion.samplers import SPACINGS
 from ddpm.errors import ConfigError
 
 
@@ -109,10 +111,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = _bounded(200, ge=1)
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal[SAMPLER_NAMES] = "ddim"  # the sampler registry's names
     steps: int = _bounded(50, ge=1)
     eta: float = _bounded(0.0, ge=0.0)
-    spacing: Literal["uniform", "quadratic", "trailing"] = "uniform"
+    spacing: Literal[SPACINGS] = "uniform"
+    solver_spacing: Literal[SPACINGS] = "logsnr"
     variance: Literal["small", "large"] = "small"
     clip_x0: bool = True
     batch_size: int = _bounded(100, ge=1)
@@ -122,7 +125,8 @@ class SampleConfig:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)
     num_nodes: int = _bounded(1, ge=1)
-    sweep_steps: list[int] = _bounded([5, 10, 25], ge=1)
+    sweep_samplers: list[Literal[SAMPLER_NAMES]] = _list(["ddim", "dpmpp_2m"])
+    sweep_steps: list[int] = _bounded([5, 10, 20], ge=1)
     sweep_n: int = _bounded(100, ge=2)
 
 

@@ -19,6 +19,8 @@ from tqdm import tqdm
 from ddpm.analysis import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import SampleConfig
+from ddpm.diffusion.registry import get_sampler, sampler_nfe
+from ddpm.errors import ConfigError
 from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       load_inception, load_statistics, resolve_weights, save_statistics,
                       weights_info)
@@ -82,38 +84,67 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
     fid = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
     inception = weights_info(resolve_weights(weights))
     sample = samples["sample"]
+    reads = set(get_sampler(sample["sampler"]).options.values())  # settings it uses
     metrics = {"fid": round(fid, 4), "n_generated": samples["n"], "n_reference": reference["n"],
                "reference_split": reference["split"], "sampler": sample["sampler"],
-               "steps": sample["steps"] if sample["sampler"] == "ddim" else None,
-               "eta": sample["eta"] if sample["sampler"] == "ddim" else None,
+               "steps": sample["steps"] if "steps" in reads else None,
+               "eta": sample["eta"] if "eta" in reads else None,
+               "nfe": samples.get("nfe"),
                "use_ema": sample["use_ema"], "inception_official": inception["official"],
                "inception_sha256": inception["sha256"]}
     write_json_atomically(out_json, metrics)
     return metrics
 
 
+def sweep_points(samplers: Sequence[str], steps_list: Sequence[int],
+                 timesteps: int) -> list[tuple[str, int | None, int]]:
+    """(sampler, steps, NFE) for every sampler at every step count, in that order.
+
+    A sampler that takes no steps (DDPM: all T) is one point with steps None.
+    """
+    if not samplers:
+        raise ConfigError("sample.sweep_samplers = []: name at least one sampler")
+    if not steps_list:
+        raise ConfigError("sample.sweep_steps = []: give at least one step count")
+    points = []
+    for name in dict.fromkeys(samplers):  # each once, in the given order
+        uses_steps = "steps" in get_sampler(name).options.values()
+        for steps in (dict.fromkeys(steps_list) if uses_steps else [None]):
+            points.append((name, steps, sampler_nfe(name, steps or 1, timesteps)))
+    return points
+
+
 def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
-              sample: SampleConfig, steps_list: Sequence[int], n: int, *, weights: str,
-              batch_size: int, device="cpu") -> pd.DataFrame:
-    """FID of `n` samples at each DDIM step count (and DDPM's T) → table + plot in out_dir."""
+              sample: SampleConfig, samplers: Sequence[str], steps_list: Sequence[int],
+              n: int, *, weights: str, batch_size: int, device="cpu") -> pd.DataFrame:
+    """FID of `n` samples for each sampler at each step count → table + plot in out_dir.
+
+    One row per (sampler, steps) with its network evaluations per sample (NFE); the
+    other sampler settings (eta, spacings, clipping, seed, EMA) are `sample`'s. Sample i
+    has the same initial noise at every point, so the points differ by the sampler only.
+    """
     net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    points = sweep_points(samplers, steps_list, schedule.timesteps)
     inception = load_inception(weights, device)
     reference = load_statistics(ref_npz)
     img_size, prediction = config["model"]["img_size"], config["diffusion"]["prediction"]
     rows = []
-    for steps in steps_list:
-        cfg = dataclasses.replace(sample, sampler="ddim", steps=steps)
+    for name, steps, nfe in points:
+        cfg = dataclasses.replace(sample, sampler=name, steps=steps or sample.steps)
         arrays = (to_uint8(run_sampler(net, schedule, cfg, prediction,
                                        range(start, min(start + sample.batch_size, n)),
                                        img_size, device).images).permute(0, 2, 3, 1).cpu()
                   .numpy() for start in range(0, n, sample.batch_size))
-        with tqdm(total=n, desc=f"FID sweep: DDIM {steps} steps", unit="img") as bar:
+        with tqdm(total=n, desc=f"FID sweep: {name}, {nfe} NFE", unit="img") as bar:
             features = inception_features(rebatch(arrays, batch_size), inception, device,
                                           bar.update)
         fid = frechet_distance(*feature_statistics(features), *reference)
-        rows.append({"sampler": "ddim", "steps": steps, "nfe": steps, "eta": sample.eta,
-                     "n": n, "fid": round(fid, 4)})
-    table = pd.DataFrame(rows)
+        reads = get_sampler(name).options
+        rows.append({"sampler": name, "steps": steps, "nfe": nfe,
+                     "spacing": getattr(sample, reads["spacing"]) if "spacing" in reads else "",
+                     "eta": sample.eta if "eta" in reads else None, "n": n,
+                     "fid": round(fid, 4)})
+    table = pd.DataFrame(rows).astype({"steps": "Int64"})  # DDPM's None stays blank, not NaN
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(out_dir / "fid_vs_steps.csv", lambda tmp: table.to_csv(tmp, index=False))
@@ -121,16 +152,29 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     return table
 
 
+def sweep_label(row) -> str:
+    """A legend label for one sampler's rows: name and the settings it used."""
+    parts = [str(row["sampler"])]
+    if isinstance(row.get("spacing"), str) and row["spacing"]:
+        parts.append(f"{row['spacing']} spacing")
+    if pd.notna(row.get("eta")):
+        parts.append(f"eta {row['eta']}")
+    return ", ".join(parts)
+
+
 def plot_sweep(table: pd.DataFrame, path: Path) -> None:
+    """FID against NFE, one line per sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.plot(table["nfe"], table["fid"], "o-", label=f"DDIM, eta {table['eta'].iloc[0]}")
+    for _, rows in table.groupby("sampler", sort=False):
+        rows = rows.sort_values("nfe")
+        ax.plot(rows["nfe"], rows["fid"], "o-", label=sweep_label(rows.iloc[0]))
     ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per sample (sampling steps)")
+    ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel(f"FID ({int(table['n'].iloc[0])} samples)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import SampleConfig, to_dict
-from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
+from ddpm.diffusion.registry import sample_images, sampler_nfe
+from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.training.callbacks import grid_image, to_uint8
 from ddpm.weights import WEIGHTS_FILES, load_model
 
@@ -52,7 +53,8 @@ def file_sha256(path: Path) -> str:
 
 
 # Settings that do not change any image: a run may resume or extend with other values.
-NOT_FINGERPRINTED = ("n", "batch_size", "accelerator", "devices", "num_nodes")
+NOT_FINGERPRINTED = ("n", "batch_size", "accelerator", "devices", "num_nodes",
+                     "sweep_samplers", "sweep_steps", "sweep_n")
 
 
 def sample_fingerprint(model_dir: Path, sample: SampleConfig, device_type: str) -> dict:
@@ -87,12 +89,11 @@ def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
     """Samples for `indices` (a batch) with the configured sampler; a SampleResult."""
     generators = sample_generators(sample.seed, indices)
     noise = initial_noise(generators, (3, img_size, img_size), device)
-    common = dict(prediction=prediction, clip_x0=sample.clip_x0,
-                  trajectory_frames=trajectory_frames)
-    if sample.sampler == "ddpm":
-        return ddpm_sample(net, schedule, noise, generators, variance=sample.variance, **common)
-    return ddim_sample(net, schedule, noise, generators, steps=sample.steps, eta=sample.eta,
-                       spacing=sample.spacing, **common)
+    return sample_images(sample.sampler, net, schedule, noise, generators, steps=sample.steps,
+                         eta=sample.eta, spacing=sample.spacing,
+                         solver_spacing=sample.solver_spacing, variance=sample.variance,
+                         clip_x0=sample.clip_x0, prediction=prediction,
+                         frames=trajectory_frames)
 
 
 @dataclass
@@ -176,7 +177,9 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
                                                                for s in range(shards)],
                 "format": f"npy, uint8 [k, H, W, 3]; shard s holds indices from "
                           f"s*{sample.shard_size}",
-                "sample": to_dict(sample), "weights_sha256": expected["weights_sha256"],
+                "sample": to_dict(sample),
+                "nfe": sampler_nfe(sample.sampler, sample.steps, schedule.timesteps),
+                "weights_sha256": expected["weights_sha256"],
                 "generated_now": todo, "seconds": round(elapsed, 2),
                 "images_per_s_rank0": round(todo / elapsed, 2) if todo and elapsed else None}
     write_json_atomically(out_dir / "manifest.json", manifest)

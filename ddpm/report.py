@@ -124,6 +124,21 @@ def _figure(src: Path, figures: Path, name: str, alt: str) -> list[str]:
     return [f"![{alt}](figures/{name})", ""]
 
 
+def _sweep_table(csv: Path) -> list[str]:
+    """The sweep's rows (sampler, steps, NFE, spacing, eta, FID) as a markdown table."""
+    if not csv.is_file():
+        return []
+    table = pd.read_csv(csv, keep_default_na=False)
+    n = table["n"].iloc[0] if len(table) else "?"
+    lines = [f"| sampler | steps | NFE | spacing | eta | FID ({n} samples) |",
+             "| --- | ---: | ---: | --- | ---: | ---: |"]
+    for row in table.to_dict("records"):
+        cells = [row["sampler"], row["steps"], row["nfe"], row.get("spacing", ""),
+                 row.get("eta", ""), fmt(float(row["fid"]))]
+        lines.append("| " + " | ".join("–" if c == "" else str(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
     """Write `out_md` and its figures (in `figures/` beside it); return the markdown."""
     figures = out_md.parent / "figures"
@@ -170,9 +185,10 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
                         ("mean loss by quarter of t (q1 = least noise)", "per-pixel MSE"))
         lines += [""]
     if outputs.sweep is not None and (outputs.sweep / "fid_vs_steps.png").is_file():
-        lines += ["## FID against sampling steps", ""]
+        lines += ["## FID against network evaluations", ""]
         lines += _figure(outputs.sweep / "fid_vs_steps.png", figures, "fid_vs_steps.png",
-                         "FID against network evaluations")
+                         "FID against network evaluations, one line per sampler")
+        lines += _sweep_table(outputs.sweep / "fid_vs_steps.csv")
     lines += ["## Comparing experiments", "",
               "`ddpm compare` turns `dvc exp show` into a table of every experiment (the "
               "params that differ, the key metrics) and one figure overlaying their loss "

@@ -1,4 +1,5 @@
-"""DVC stage `fid_sweep`: FID against the number of DDIM steps (sample.sweep_steps)."""
+"""DVC stage `fid_sweep`: FID against network evaluations, per sampler (sample.sweep_samplers ×
+sample.sweep_steps)."""
 
 from pathlib import Path
 
@@ -15,11 +16,12 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          models: Path = typer.Option(Path("models"), help="Trained model folder."),
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
          out: Path = typer.Option(Path("sweep"), help="Output folder.")) -> None:
-    """sample.sweep_n samples at each of sample.sweep_steps, each scored by FID."""
+    """sample.sweep_n samples per sampler and step count, each scored by FID."""
     config = load_params(params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    table = fid_sweep(models, ref, out, config.sample, config.sample.sweep_steps,
-                      config.sample.sweep_n, weights=config.fid.weights,
+    sample = config.sample
+    table = fid_sweep(models, ref, out, sample, sample.sweep_samplers, sample.sweep_steps,
+                      sample.sweep_n, weights=config.fid.weights,
                       batch_size=config.fid.batch_size, device=device)
     print(table.to_string(index=False))
 

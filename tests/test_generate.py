@@ -42,9 +42,15 @@ def shards(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.npy"))}
 
 
-def test_batch_size_does_not_change_a_single_byte(model_dir, tmp_path):
-    generate(model_dir, tmp_path / "a", replace(SAMPLE, batch_size=7), progress=False)
-    generate(model_dir, tmp_path / "b", replace(SAMPLE, batch_size=64), progress=False)
+# Every sampler that takes steps; DDPM (all T steps) has its own, smaller test below.
+STEP_SAMPLERS = ["ddim", "dpmpp_2m", "unipc"]
+
+
+@pytest.mark.parametrize("sampler", STEP_SAMPLERS)
+def test_batch_size_does_not_change_a_single_byte(model_dir, tmp_path, sampler):
+    sample = replace(SAMPLE, sampler=sampler)
+    generate(model_dir, tmp_path / "a", replace(sample, batch_size=7), progress=False)
+    generate(model_dir, tmp_path / "b", replace(sample, batch_size=64), progress=False)
     a, b = shards(tmp_path / "a"), shards(tmp_path / "b")
     assert list(a) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
     assert a == b
@@ -53,9 +59,10 @@ def test_batch_size_does_not_change_a_single_byte(model_dir, tmp_path):
     assert len({im.tobytes() for im in images}) == 40                  # all different samples
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["n"] == 40 and manifest["shards"] == list(a)
+    assert manifest["sample"]["sampler"] == sampler and manifest["nfe"] == SAMPLE.steps
     assert Image.open(tmp_path / "a" / "grid.png").size[0] > tiny.IMG * 6
     gif = Image.open(tmp_path / "a" / "trajectory.gif")
-    assert gif.n_frames > 5
+    assert gif.n_frames == SAMPLE.steps  # 16 frames asked for, one per step at most
 
 
 def test_ddpm_sampler_is_batch_independent_too(model_dir, tmp_path):
@@ -77,6 +84,15 @@ def test_changed_settings_clear_old_shards_and_larger_n_extends(model_dir, tmp_p
     generate(model_dir, out, replace(SAMPLE, steps=4), progress=False)  # other images
     assert json.loads((out / "manifest.json").read_text())["generated_now"] == 40
     assert shards(out)["shard-00000.npy"] != first["shard-00000.npy"]
+    four = shards(out)["shard-00000.npy"]
+    generate(model_dir, out, replace(SAMPLE, steps=4, sampler="dpmpp_2m"), progress=False)
+    assert json.loads((out / "manifest.json").read_text())["generated_now"] == 40
+    assert shards(out)["shard-00000.npy"] not in (first["shard-00000.npy"], four)
+    # Settings that change no image (batch size, the FID sweep's) keep every shard.
+    generate(model_dir, out, replace(SAMPLE, steps=4, sampler="dpmpp_2m", batch_size=3,
+                                     sweep_steps=[3], sweep_samplers=["unipc"]),
+             progress=False)
+    assert json.loads((out / "manifest.json").read_text())["generated_now"] == 0
 
 
 def run_stage(tmp_path: Path, model_dir: Path, out: Path, **sample) -> subprocess.Popen:
@@ -88,15 +104,18 @@ def run_stage(tmp_path: Path, model_dir: Path, out: Path, **sample) -> subproces
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sampler", STEP_SAMPLERS)
 def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_dir,
-                                                                          tmp_path):
+                                                                          tmp_path, sampler):
     reference = tmp_path / "reference"
-    big = dict(n=96, shard_size=16, steps=20)
+    big = dict(n=96, shard_size=16, steps=20, sampler=sampler)
     generate(model_dir, reference, replace(SAMPLE, **big), progress=False)
 
     killed = tmp_path / "killed"
     proc = run_stage(tmp_path, model_dir, killed, **big)
-    deadline = time.time() + 120
+    # Generous: the process first imports torch (and diffusers for the ODE solvers), which
+    # on a loaded 2-core machine has taken over 2 minutes; the loop ends at shard 1.
+    deadline = time.time() + 600
     while time.time() < deadline and not shard_path(killed, 1).exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -106,7 +125,7 @@ def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_
     # Whatever the kill interrupted, every shard file on disk is complete.
     assert all(np.load(killed / name).shape[0] == 16 for name in shards(killed))
     rerun = run_stage(tmp_path, model_dir, killed, **big)
-    output, _ = rerun.communicate(timeout=300)
+    output, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, output
     assert json.loads((killed / "manifest.json").read_text())["generated_now"] == \
         96 - 16 * done_before
@@ -114,6 +133,6 @@ def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_
 
     two = tmp_path / "two"
     proc = run_stage(tmp_path, model_dir, two, devices=2, **big)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
     assert shards(two) == shards(reference)

@@ -94,6 +94,13 @@ def test_report_is_filled_from_this_runs_outputs(project):
     for link in ("figures/samples.png", "figures/trajectory.gif", "figures/training_loss.png",
                  "figures/timestep_loss.png", "figures/fid_vs_steps.png"):
         assert f"]({link})" in report and (project / "reports" / link).is_file(), link
+    # The sweep: the default samplers at TINY's step counts, each row with its NFE, and
+    # its table in the report.
+    sweep = pd.read_csv(project / "sweep/fid_vs_steps.csv")
+    assert list(zip(sweep["sampler"], sweep["steps"], sweep["nfe"])) == [
+        ("ddim", 2, 2), ("ddim", 5, 5), ("dpmpp_2m", 2, 2), ("dpmpp_2m", 5, 5)]
+    assert (sweep["fid"] > 0).all() and (sweep["n"] == 12).all()
+    assert "| dpmpp_2m | 5 | 5 | logsnr | – |" in report
 
 
 def test_timestep_loss_has_the_eps_prediction_shape_and_fixed_noise(project):

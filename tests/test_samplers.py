@@ -10,6 +10,11 @@ DDIM lose a little variance per step and "large" (β) adds a little. The tests
 therefore check (1) the samples against the exact moments of the sampler's own
 output, to within sampling error, and (2) those moments against (μ, s), to within
 the discretisation error, which is below 1% with all T = 1000 steps.
+
+The ODE solvers (DPM-Solver++, UniPC) are affine in x_T too, as is DDIM with η = 0:
+their output is k·x_T + c per pixel, so running them on x_T = 0 and 1 gives their
+exact output mean c and std |k| (`affine_moments`), checked against `exact_moments`
+for DDIM and against drawn samples for the solvers.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion.samplers import (SampleResult, ddim_sample, ddim_timesteps, ddpm_sample,
-                                     initial_noise, sample_generators)
+from ddpm.diffusion.registry import SAMPLERS, sample_images, sampler_nfe
+from ddpm.diffusion.samplers import (SPACINGS, SampleResult, ddim_sample, ddim_timesteps,
+                                     ddpm_sample, initial_noise, sample_generators)
 from ddpm.diffusion.schedules import NoiseSchedule, extract
 from ddpm.errors import ConfigError
 
@@ -65,6 +71,15 @@ def gaussian_model(sched: NoiseSchedule, prediction: str = "eps"):
     return model
 
 
+SETTINGS = dict(steps=50, eta=0.0, spacing="uniform", solver_spacing="logsnr",
+                variance="small")
+
+
+def settings(options) -> dict:
+    """Every `sample_images` setting: SETTINGS updated with `options` (pairs or a dict)."""
+    return {**SETTINGS, **dict(options)}
+
+
 def exact_moments(sched: NoiseSchedule, sampler: str, steps: int | None = None,
                   eta: float = 0.0, spacing: str = "uniform",
                   variance: str = "small") -> tuple[float, float]:
@@ -77,7 +92,7 @@ def exact_moments(sched: NoiseSchedule, sampler: str, steps: int | None = None,
     ab = np.cumprod(1 - betas)
     T = len(betas)
     taus = list(range(T - 1, -1, -1)) if sampler == "ddpm" else list(
-        ddim_timesteps(T, steps, spacing))
+        ddim_timesteps(T, steps, spacing, schedule=sched))
     m, V = 0.0, 1.0
     for i, t in enumerate(taus):
         a, var = np.sqrt(ab[t]), ab[t] * S**2 + 1 - ab[t]
@@ -108,9 +123,24 @@ def run(name: str, sampler: str, options: tuple = (), T: int = 1000, n: int = N,
     sched = schedule(name, T)
     generators = sample_generators(SEED, range(n))
     noise = initial_noise(generators, shape, "cpu")
-    fn = ddpm_sample if sampler == "ddpm" else ddim_sample
-    return fn(gaussian_model(sched, prediction), sched, noise, generators,
-              prediction=prediction, clip_x0=clip_x0, **dict(options))
+    return sample_images(sampler, gaussian_model(sched, prediction), sched, noise, generators,
+                         prediction=prediction, clip_x0=clip_x0, **settings(options))
+
+
+@functools.cache
+def affine_moments(name: str, sampler: str, options: tuple = (), T: int = 1000
+                   ) -> tuple[float, float]:
+    """Exact output mean and std of a deterministic sampler on the Gaussian data.
+
+    Its output is k·x_T + c (every step is affine in x and the model elementwise), so
+    x_T ∈ {0, 1} gives c and k + c, and x_T ~ N(0, 1) gives mean c and std |k|.
+    """
+    sched = schedule(name, T)
+    noise = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1)
+    out = sample_images(sampler, gaussian_model(sched), sched, noise,
+                        sample_generators(SEED, range(2)), prediction="eps", clip_x0=False,
+                        **settings(options)).images.flatten().double()
+    return out[0].item(), abs(out[1].item() - out[0].item())
 
 
 CASES = [
@@ -187,6 +217,8 @@ def test_ddim_eta1_all_steps_is_ddpm_small_with_clipping():
     ("ddim", (("eta", 0.0), ("steps", 50)), 1000),
     ("ddim", (("eta", 1.0), ("spacing", "trailing"), ("steps", 50)), 1000),
     ("ddpm", (("variance", "large"),), 100),
+    ("dpmpp_2m", (("steps", 20),), 1000),
+    ("unipc", (("solver_spacing", "uniform"), ("steps", 20)), 1000),
 ])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_prediction_targets_give_the_same_samples(name, sampler, options, T, prediction):
@@ -202,30 +234,37 @@ def test_prediction_targets_give_the_same_samples(name, sampler, options, T, pre
     torch.testing.assert_close(other, reference, atol=1e-5, rtol=0)
 
 
-def test_ddim_eta0_is_deterministic():
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "unipc"])
+def test_deterministic_samplers_ignore_the_generators(sampler):
+    """DDIM with η = 0 and the ODE solvers draw nothing after x_T."""
     sched = schedule("cosine")
     model = gaussian_model(sched)
     noise = initial_noise(sample_generators(0, range(4)), (1, 4, 4), "cpu")
-    first = ddim_sample(model, sched, noise, sample_generators(1, range(4)), steps=20).images
-    second = ddim_sample(model, sched, noise, sample_generators(2, range(4)), steps=20).images
-    assert torch.equal(first, second)
+
+    def sample(seed):
+        return sample_images(sampler, model, sched, noise, sample_generators(seed, range(4)),
+                             prediction="eps", clip_x0=True, **settings({"steps": 20})).images
+
+    assert torch.equal(sample(1), sample(2))
 
 
 @pytest.mark.parametrize("sampler,options", [
     ("ddpm", {"variance": "small"}),
     ("ddim", {"steps": 20, "eta": 0.0}),
     ("ddim", {"steps": 20, "eta": 1.0, "spacing": "trailing"}),
+    ("dpmpp_2m", {"steps": 20}),
+    ("unipc", {"steps": 20}),
 ])
 def test_sample_does_not_depend_on_its_batch(sampler, options):
     """Sample 5 alone, in a batch of 7 and in a batch of 64 is the same sample."""
     sched = schedule("linear", 100)
     model = gaussian_model(sched)
-    fn = ddpm_sample if sampler == "ddpm" else ddim_sample
 
     def sample(indices):
         generators = sample_generators(11, indices)
         noise = initial_noise(generators, (3, 2, 2), "cpu")
-        return fn(model, sched, noise, generators, **options).images
+        return sample_images(sampler, model, sched, noise, generators, prediction="eps",
+                             clip_x0=True, **settings(options)).images
 
     alone = sample([5])[0]
     assert torch.equal(sample(range(7))[5], alone)
@@ -246,11 +285,13 @@ def test_sample_generators_and_initial_noise():
     assert len(set(firsts)) == 4
 
 
-@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "trailing"])
-@pytest.mark.parametrize("T,S", [(1000, 1), (1000, 2), (1000, 50), (1000, 333), (1000, 999),
-                                 (1000, 1000), (100, 50), (100, 100), (7, 3), (7, 6)])
-def test_ddim_timesteps_are_distinct_and_descending(spacing, T, S):
-    taus = ddim_timesteps(T, S, spacing)
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("name,T,S", [  # the linear schedule needs T > 20
+    (name, T, S) for name in ("linear", "cosine")
+    for T, S in [(1000, 1), (1000, 2), (1000, 50), (1000, 333), (1000, 999), (1000, 1000),
+                 (100, 50), (100, 100), (7, 3), (7, 6)] if T > 20 or name == "cosine"])
+def test_ddim_timesteps_are_distinct_and_descending(name, spacing, T, S):
+    taus = ddim_timesteps(T, S, spacing, schedule=schedule(name, T))
     assert taus.dtype == np.int64 and len(taus) == S
     assert (np.diff(taus) < 0).all() and taus.min() >= 0 and taus.max() <= T - 1
     if S == T:
@@ -293,21 +334,304 @@ def test_ddim_timesteps_errors_name_the_key():
     ("ddpm", {}, 99, 100),
     ("ddim", {"steps": 10}, 90, 10),
     ("ddim", {"steps": 10, "spacing": "trailing", "eta": 1.0}, 99, 10),
+    ("dpmpp_2m", {"steps": 10}, 99, 10),
+    ("unipc", {"steps": 10, "solver_spacing": "quadratic"}, 80, 10),
 ])
-def test_trajectory_and_progress(sampler, options, first_t, n_steps):
+def test_trajectory_progress_and_nfe(sampler, options, first_t, n_steps):
+    """Frames of (t, x_t, x̂_0) from x_T to the result; one progress call and one network
+    evaluation per step, as many as `sampler_nfe` (what the FID sweep plots) says."""
     sched = schedule("cosine", 100)
     generators = sample_generators(0, range(3))
     noise = initial_noise(generators, (1, 4, 4), "cpu")
-    fn = ddpm_sample if sampler == "ddpm" else ddim_sample
+    gaussian, evaluations = gaussian_model(sched), []
+
+    def model(x, t):
+        evaluations.append(int(t[0]))
+        return gaussian(x, t)
+
     calls = []
-    result = fn(gaussian_model(sched), sched, noise, generators, trajectory_frames=5,
-                progress=lambda: calls.append(1), **options)
-    assert len(calls) == n_steps
+    result = sample_images(sampler, model, sched, noise, generators, prediction="eps",
+                           clip_x0=True, frames=5, progress=lambda: calls.append(1),
+                           **settings(options))
+    assert len(calls) == len(evaluations) == n_steps
+    assert sampler_nfe(sampler, settings(options)["steps"], 100) == n_steps
     assert len(result.trajectory) == 5
     ts = [t for t, _, _ in result.trajectory]
-    assert ts[0] == first_t and ts == sorted(ts, reverse=True) and ts[-1] == min(
-        ddim_timesteps(100, options.get("steps", 100), options.get("spacing", "uniform")))
+    assert ts[0] == first_t and ts == sorted(ts, reverse=True) and ts[-1] == evaluations[-1]
+    assert ts[-1] == (0 if settings(options)["spacing" if sampler == "ddim" else
+                                           "solver_spacing"] != "trailing" else 9)
     t0, x_t, x0_hat = result.trajectory[0]
     assert x_t.device.type == "cpu" and torch.equal(x_t, noise)
     assert torch.equal(result.trajectory[-1][2], result.images)
-    assert not fn(gaussian_model(sched), sched, noise, generators, **options).trajectory
+    assert not sample_images(sampler, model, sched, noise, generators, prediction="eps",
+                             clip_x0=True, **settings(options)).trajectory
+
+
+def test_logsnr_spacing_is_uniform_in_log_snr():
+    sched = schedule("linear")
+    all_lam = sched.log_snr(torch.arange(1000)).numpy()
+    for S in (2, 5, 10, 20, 50):
+        taus = ddim_timesteps(1000, S, "logsnr", schedule=sched)
+        assert taus[0] == 999 and taus[-1] == 0
+        target = np.linspace(all_lam[999], all_lam[0], S)
+        nearest = np.abs(all_lam[None, :] - target[:, None]).argmin(1)
+        # each point is the timestep whose log SNR is nearest its target, except where
+        # two targets share one near t = 0 and the lower ones move up (S = 50: the
+        # nearest ..., 5, 4, 3, 2, 1, 1, 0 become ..., 6, 5, 4, 3, 2, 1, 0)
+        assert (taus == nearest).all() if S <= 20 else (taus[:-6] == nearest[:-6]).all()
+    # The cosine schedule's log SNR plunges over its last steps (β clipped at 0.999):
+    # several targets share a nearest timestep and are spread to distinct neighbours.
+    cosine = ddim_timesteps(1000, 10, "logsnr", schedule=schedule("cosine"))
+    assert cosine[0] == 999 and cosine[-1] == 0 and len(set(cosine.tolist())) == 10
+    assert ddim_timesteps(1000, 1, "logsnr", schedule=sched).tolist() == [999]
+    with pytest.raises(ValueError, match="logsnr spacing needs the noise schedule"):
+        ddim_timesteps(1000, 10, "logsnr")
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_names_are_the_config_choices():
+    import typing
+
+    from ddpm.config import SampleConfig
+
+    hints = typing.get_type_hints(SampleConfig)
+    assert typing.get_args(hints["sampler"]) == tuple(SAMPLERS)
+    assert typing.get_args(typing.get_args(hints["sweep_samplers"])[0]) == tuple(SAMPLERS)
+    assert typing.get_args(hints["spacing"]) == SPACINGS == typing.get_args(
+        hints["solver_spacing"])
+    for spec in SAMPLERS.values():           # every option names a real sample.* setting
+        assert set(spec.options.values()) <= set(SETTINGS)
+    sched = schedule("linear", 100)
+    with pytest.raises(ConfigError, match=r"^sample\.sampler = 'euler': unknown sampler; "
+                                          r"allowed values are 'ddpm', 'ddim', 'dpmpp_2m'"):
+        sample_images("euler", gaussian_model(sched), sched, torch.zeros(1, 1, 1, 1),
+                      sample_generators(0, [0]), prediction="eps", clip_x0=True, **SETTINGS)
+
+
+# ---------------------------------------------------------------- ODE solvers
+
+NFES = (5, 10, 20, 50, 100, 200)
+
+
+def moment_errors(name: str, sampler: str, steps: int, **options) -> tuple[float, float]:
+    """(output mean − μ, output std − s), exact, for a deterministic sampler."""
+    mean, std = affine_moments(name, sampler, tuple(sorted({"steps": steps,
+                                                            **options}.items())))
+    return mean - MU, std - S
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps,spacing", [(10, "uniform"), (50, "quadratic"),
+                                           (20, "logsnr")])
+def test_affine_moments_equal_exact_moments_for_ddim(name, steps, spacing):
+    """The x_T ∈ {0, 1} probe gives the recursion's moments (float32 rounding only)."""
+    probe = affine_moments(name, "ddim", (("spacing", spacing), ("steps", steps)))
+    exact = exact_moments(schedule(name), "ddim", steps, 0.0, spacing)
+    np.testing.assert_allclose(probe, exact, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_ode_solver_samples_have_the_probed_moments(name, sampler):
+    """Drawn samples (65536 pixels) agree with the probe's exact moments, to sampling error."""
+    mean, std = affine_moments(name, sampler, (("steps", 10),))
+    images = run(name, sampler, (("steps", 10),)).images
+    assert abs(images.mean().item() - mean) < 4 * std / N_DRAWS**0.5
+    assert abs(images.std().item() - std) < 4 * std / (2 * N_DRAWS) ** 0.5
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_ode_solvers_converge_to_the_data_as_nfe_grows(name, sampler):
+    """Output mean and std → (μ, s) as NFE grows, at second order (error ÷ ≥ 3 per 2× NFE).
+
+    Errors seen (logsnr spacing; std error, mean error within 1.1e-3 from 10 NFE on):
+    DPM-Solver++ linear 5: −0.10, 10: +0.016, 20: +0.0073, 50: +0.0011, 100: +2e-4,
+    200: −3e-5; cosine 10: −0.0063, 20: +0.015, 50: +0.0028, 100: +7e-4, 200: 1.4e-4;
+    UniPC linear 10: +0.025, 20: +0.0047, 50: +2.3e-4, 100: −4e-5, 200: −7e-5. DDIM,
+    first order, only halves its error per 2× NFE (linear, uniform, 50: −0.028, 100:
+    −0.014).
+    The mean's floor of 1e-3 (linear) is x_T ~ N(0, I) rather than N(√ᾱ_T μ, ·).
+    """
+    errors = {n: moment_errors(name, sampler, n) for n in NFES}
+    print(f"\n{sampler} ({name}) NFE: (mean − μ, std − s):",
+          {n: (round(m, 5), round(d, 5)) for n, (m, d) in errors.items()})
+    std_err = {n: abs(d) for n, (_, d) in errors.items()}
+    assert std_err[5] > std_err[20] > std_err[50] > std_err[100]
+    assert std_err[100] < std_err[50] / 3 and std_err[50] < 0.006
+    assert std_err[200] < 2e-4  # from here on float32 rounding (~1e-4) takes over
+    assert all(abs(m) < 1.2e-3 for n, (m, _) in errors.items() if n >= 10)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_dpm_solver_pp_at_10_nfe_beats_ddim_at_10_and_20(name):
+    """DPM-Solver++(2M), logsnr grid, at 10 NFE: closer to (μ, s) than DDIM at 10 NFE on
+    any spacing, and than DDIM at 20 NFE on its default (uniform) spacing.
+
+    Distance = √(Δmean² + Δstd²). Seen: linear 0.016 against DDIM-10 0.075 (quadratic,
+    its best) to 0.13 (trailing) and DDIM-20 0.066; cosine 0.0063 against 0.058–0.17
+    and DDIM-20 0.037.
+    """
+    def distance(sampler, steps, **options):
+        return float(np.hypot(*moment_errors(name, sampler, steps, **options)))
+
+    dpmpp = distance("dpmpp_2m", 10)
+    ddim10 = {spacing: distance("ddim", 10, spacing=spacing) for spacing in SPACINGS}
+    ddim20 = distance("ddim", 20)
+    print(f"\n{name}: DPM-Solver++ 10 NFE {dpmpp:.4f}; DDIM 10 NFE "
+          + ", ".join(f"{k} {v:.4f}" for k, v in ddim10.items())
+          + f"; DDIM 20 NFE uniform {ddim20:.4f}")
+    assert dpmpp < min(ddim10.values()) / 3
+    assert dpmpp < ddim20 / 3
+    assert distance("unipc", 10) < min(ddim10.values()) / 2
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_dpm_solver_pp_first_order_is_ddim(name, spacing):
+    """DPM-Solver++(1) is DDIM with η = 0 (Lu et al. 2022, §3.1): same grid, same images.
+
+    Differences are float32 rounding of the two forms of the update (max seen 1.4e-6).
+    """
+    from ddpm.diffusion.solvers import dpm_solver_pp_sample
+
+    sched = schedule(name)
+    generators = sample_generators(SEED, range(8))
+    noise = initial_noise(generators, (1, 4, 4), "cpu")
+    model = gaussian_model(sched)
+    ddim = ddim_sample(model, sched, noise, generators, steps=10, spacing=spacing).images
+    first = dpm_solver_pp_sample(model, sched, noise, generators, steps=10, spacing=spacing,
+                                 order=1).images
+    torch.testing.assert_close(first, ddim, atol=1e-5, rtol=0)
+    second = dpm_solver_pp_sample(model, sched, noise, generators, steps=10, spacing=spacing)
+    assert (second.images - ddim).abs().max() > 1e-3  # ...and order 2 is not DDIM
+
+
+# ---------------------------------------------------------------- against diffusers
+
+
+def tiny_unet():
+    """An untrained tiny UNet (seeded): outputs far from any closed form."""
+    import tiny
+    from ddpm.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny.params().model).eval()
+
+
+def within(delta: float, images: torch.Tensor, tol: float = 1e-4) -> bool:
+    """|Δ| ≤ tol on images in [−1, 1]; relative to their scale when they go beyond.
+
+    Unclipped ε-prediction from an untrained network divides its errors by √ᾱ_T ≈ 0.006
+    at the first step and ends far outside [−1, 1] (up to ±8e4 here); float32 then
+    carries 1e-7 of that scale, whoever computes it.
+    """
+    return delta <= tol * max(1.0, images.abs().max().item())
+
+
+@pytest.mark.parametrize("clip_x0", [False, True])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("spacing,diffusers_spacing,steps", [("uniform", "leading", 50),
+                                                             ("trailing", "trailing", 10)])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("network", ["gaussian", "unet"])
+def test_ddim_equals_diffusers_ddim_scheduler(network, name, spacing, diffusers_spacing,
+                                              steps, prediction, clip_x0):
+    """This project's DDIM (η = 0) and diffusers' `DDIMScheduler` give the same images.
+
+    Same betas (`trained_betas`), same timesteps (uniform = diffusers' "leading" with
+    steps_offset 0 when S divides T; trailing = "trailing"), ᾱ = 1 after the last step
+    (`set_alpha_to_one`), clipping = `clip_sample` with ε̂ recomputed from the clipped x̂_0
+    (`use_clipped_model_output`). Networks: the exact Gaussian denoiser, and an untrained
+    tiny UNet at 16 px. Max |Δ| seen 8.8e-6 wherever the images are of order 1 (every
+    clipped run, every Gaussian run, the UNet with unclipped v), from diffusers' float32
+    ᾱ against this project's float64 one; the UNet with unclipped ε ends at up to ±8e4,
+    with |Δ| 6.5e-6 of that scale (see `within`).
+    """
+    from diffusers import DDIMScheduler
+
+    sched = schedule(name)
+    net = tiny_unet() if network == "unet" else gaussian_model(sched, prediction)
+    generators = sample_generators(SEED, range(4))
+    noise = initial_noise(generators, (3, 16, 16), "cpu")
+    ours = sample_images("ddim", net, sched, noise, generators, prediction=prediction,
+                         clip_x0=clip_x0, **settings({"steps": steps, "spacing": spacing}))
+    theirs = DDIMScheduler(num_train_timesteps=1000, trained_betas=sched.betas.numpy(),
+                           clip_sample=clip_x0, clip_sample_range=1.0, set_alpha_to_one=True,
+                           steps_offset=0, timestep_spacing=diffusers_spacing,
+                           prediction_type={"eps": "epsilon", "v": "v_prediction"}[prediction])
+    theirs.set_timesteps(steps)
+    assert theirs.timesteps.tolist() == ddim_timesteps(1000, steps, spacing).tolist()
+    x = noise
+    with torch.no_grad():
+        for t in theirs.timesteps:
+            output = net(x, torch.full((len(x),), int(t), dtype=torch.int64))
+            x = theirs.step(output, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    delta = (ours.images - x).abs().max().item()
+    print(f"\nmax |ours - diffusers DDIM| = {delta:.2e} (image range "
+          f"{x.min().item():.2f}..{x.max().item():.2f})")
+    assert within(delta, x)
+
+
+@pytest.mark.parametrize("scheduler", ["dpm_solver_pp_scheduler", "unipc_scheduler"])
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_solver_noise_levels_refine_diffusers_own(name, spacing, scheduler):
+    """The timesteps and σ written into the diffusers schedulers are those diffusers itself
+    computes (DPM: `set_timesteps(timesteps=...)`; UniPC's "trailing" is ours), up to
+    its float32 ᾱ (relative differences seen up to 7e-4, at t = 0)."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    import ddpm.diffusion.solvers as solvers
+
+    sched = schedule(name)
+    taus = ddim_timesteps(1000, 10, spacing, schedule=sched)
+    ours = getattr(solvers, scheduler)(sched, taus)
+    assert ours.timesteps.tolist() == taus.tolist() and ours.sigmas[-1] == 0
+    if scheduler == "dpm_solver_pp_scheduler":
+        own = DPMSolverMultistepScheduler(trained_betas=sched.betas.numpy())
+        own.set_timesteps(timesteps=taus.tolist())
+    elif spacing == "trailing":
+        own = UniPCMultistepScheduler(trained_betas=sched.betas.numpy(),
+                                      timestep_spacing="trailing")
+        own.set_timesteps(10)
+    else:
+        return
+    assert own.timesteps.tolist() == taus.tolist()
+    torch.testing.assert_close(ours.sigmas, own.sigmas, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("clip_x0", [False, True])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("scheduler", ["dpm_solver_pp_scheduler", "unipc_scheduler"])
+def test_solvers_equal_diffusers_fed_the_raw_output(scheduler, prediction, clip_x0):
+    """Feeding x̂_0 (clipped by `_denoise`) equals giving diffusers the raw network output
+    with `prediction_type` epsilon / v_prediction / sample and, for clip_x0,
+    `thresholding=True, sample_max_value=1.0` (its dynamic threshold then clamps to
+    exactly [−1, 1]). Max |Δ| seen 1.8e-5 (float32 forms of x̂_0; images beyond [−1, 1]
+    only for unclipped ε, see `within`)."""
+    import ddpm.diffusion.solvers as solvers
+
+    sched = schedule("linear")
+    net = tiny_unet()
+    generators = sample_generators(SEED, range(4))
+    noise = initial_noise(generators, (3, 16, 16), "cpu")
+    sampler = {"dpm_solver_pp_scheduler": "dpmpp_2m", "unipc_scheduler": "unipc"}[scheduler]
+    ours = sample_images(sampler, net, sched, noise, generators, prediction=prediction,
+                         clip_x0=clip_x0, **settings({"steps": 10})).images
+    taus = ddim_timesteps(1000, 10, "logsnr", schedule=sched)
+    theirs = getattr(solvers, scheduler)(sched, taus)
+    theirs.register_to_config(
+        prediction_type={"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[prediction],
+        thresholding=clip_x0, sample_max_value=1.0)
+    x = noise
+    with torch.no_grad():
+        for t in taus.tolist():
+            output = net(x, torch.full((len(x),), t, dtype=torch.int64))
+            x = theirs.step(output, t, x).prev_sample
+    delta = (ours - x).abs().max().item()
+    print(f"\n{sampler} {prediction} clip={clip_x0}: max |x̂0-fed - raw-fed| = {delta:.2e} "
+          f"(image range {x.min().item():.2f}..{x.max().item():.2f})")
+    assert within(delta, x)

@@ -1,4 +1,4 @@
-"""Reverse-process samplers: DDPM ancestral sampling and DDIM.
+"""Reverse-process samplers: DDPM ancestral sampling and DDIM (the ODE solvers are in `solvers`).
 
 Samplers are pure functions of (model, schedule, noise, generators, options).
 Randomness comes in as one CPU generator per sample (EDM's convention): sample i
@@ -24,7 +24,7 @@ from ddpm.diffusion.forward import Model, check_prediction, predict_x0_and_eps
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 
-SPACINGS = ("uniform", "quadratic", "trailing")
+SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
 VARIANCES = ("small", "large")
 
 Frame = tuple[int, torch.Tensor, torch.Tensor]  # (t, x_t, x0_hat), CPU tensors
@@ -74,8 +74,10 @@ def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...],
 # ---------------------------------------------------------------- timesteps
 
 
-def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform") -> np.ndarray:
-    """S = `steps` distinct timesteps in [0, T−1], sorted descending (int64).
+def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform", *,
+                   schedule: NoiseSchedule | None = None) -> np.ndarray:
+    """S = `steps` distinct timesteps in [0, T−1], sorted descending (int64): where a sampler
+    evaluates the network (every sampler with steps uses these; the name is historical).
 
     With i = 0..S−1:
     - "uniform":   ⌊i·T/S⌋, the DDIM paper's τ_i = ⌊c·i⌋ with c = T/S (Song et al. 2021,
@@ -90,6 +92,13 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform") -> np.n
                    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
                    Flawed", Table 2); always starts at T − 1. Computed from integers k so
                    floating-point drift in arange cannot add an (S+1)-th value.
+    - "logsnr":    uniform in log SNR(t) = log(ᾱ/(1 − ᾱ)) (= 2λ_t of DPM-Solver), from
+                   t = T−1 down to t = 0 (S = 1: just T − 1), each point moved to the
+                   timestep of nearest log SNR, then made distinct as for "quadratic".
+                   DPM-Solver's recommended grid for low-resolution pixel models (Lu et al.
+                   2022, "DPM-Solver", §3.3, skip type "logSNR"); needs the `schedule`.
+                   With the cosine schedule several points land in the last few timesteps,
+                   where its β clip (0.999) makes log SNR plunge.
     With S = T every spacing gives all timesteps T−1..0.
     """
     if spacing not in SPACINGS:
@@ -102,14 +111,28 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform") -> np.n
     i = np.arange(steps, dtype=np.int64)
     if spacing == "uniform":
         ascending = i * timesteps // steps
-    elif spacing == "quadratic":
-        raw = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(np.int64)
-        distinct = i + np.maximum.accumulate(raw - i)  # raw[i] ↑ to ≥ previous + 1
-        ascending = np.minimum(distinct, timesteps - steps + i)
-    else:
+    elif spacing == "trailing":
         k = np.arange(1, steps + 1, dtype=np.int64)
         ascending = np.round(k * timesteps / steps).astype(np.int64) - 1
+    else:
+        if spacing == "quadratic":
+            raw = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(np.int64)
+        else:
+            raw = _nearest_log_snr(schedule, timesteps, steps)
+        distinct = i + np.maximum.accumulate(raw - i)  # raw[i] ↑ to ≥ previous + 1
+        ascending = np.minimum(distinct, timesteps - steps + i)
     return ascending[::-1].copy()
+
+
+def _nearest_log_snr(schedule: NoiseSchedule | None, timesteps: int, steps: int) -> np.ndarray:
+    """Ascending timesteps whose λ(t) is nearest to S values uniform in λ from λ(0) to λ(T−1)."""
+    if schedule is None or schedule.timesteps != timesteps:
+        raise ValueError("logsnr spacing needs the noise schedule of the T timesteps")
+    neg_lam = -schedule.log_snr(torch.arange(timesteps)).numpy()  # ascending in t: λ falls
+    targets = np.linspace(neg_lam[-1], neg_lam[0], steps)[::-1]   # S = 1: only T − 1
+    right = np.clip(np.searchsorted(neg_lam, targets), 1, timesteps - 1)
+    nearer_left = targets - neg_lam[right - 1] < neg_lam[right] - targets
+    return np.where(nearer_left, right - 1, right).astype(np.int64)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -217,7 +240,7 @@ def ddim_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
     if eta < 0:
         raise ConfigError(f"sample.eta = {eta}: must be >= 0")
     _check_noise(noise, generators)
-    taus = ddim_timesteps(schedule.timesteps, steps, spacing).tolist()  # descending
+    taus = ddim_timesteps(schedule.timesteps, steps, spacing, schedule=schedule).tolist()
     frame_steps = _frame_steps(len(taus), trajectory_frames)
     trajectory: list[Frame] = []
     x = noise
