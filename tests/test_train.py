@@ -87,6 +87,56 @@ def test_checkpoint_with_other_params_is_set_aside_with_a_reason(tmp_path, capsy
     assert len(list(state.glob("set-aside-*.ckpt"))) == 1          # kept, not deleted
 
 
+class LeavesAMarker:
+    """Unpickling this creates a folder: the harmless stand-in for a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (str(self.marker),))
+
+
+def _truncated_checkpoint(path: Path) -> None:
+    torch.save({"global_step": 5, "weights": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", ["pickle", "truncated", "empty", "garbage", "no_step"])
+def test_damaged_or_hostile_checkpoint_is_set_aside_with_one_line_and_never_run(
+        tmp_path, capsys, damage):
+    state, marker = tmp_path / "state", tmp_path / "marker"
+    state.mkdir()
+    ckpt = state / CHECKPOINT
+    expected = fingerprint(tiny.params(), "abc")
+    if damage == "pickle":
+        torch.save({"global_step": 5, "ddpm_fingerprint": expected,
+                    "x": LeavesAMarker(marker)}, ckpt)
+    elif damage == "truncated":
+        _truncated_checkpoint(ckpt)
+    elif damage == "no_step":
+        torch.save([1, 2, 3], ckpt)
+    else:
+        ckpt.write_bytes(b"" if damage == "empty" else bytes(range(256)) * 40)
+    assert resume_path(state, expected) is None
+    assert not marker.exists()                                  # nothing ran
+    assert not ckpt.exists() and len(list(state.glob("set-aside-*.ckpt"))) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"set aside {ckpt} as set-aside-")
+    assert lines[0].endswith("training starts from scratch")
+
+
+def test_checkpoints_set_aside_in_the_same_second_are_all_kept(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    for _ in range(3):
+        (state / CHECKPOINT).write_bytes(b"garbage")
+        assert resume_path(state, {}) is None
+    assert len(list(state.glob("set-aside-*.ckpt"))) == 3
+
+
 class NanAfter(FixedNoiseSystem):
     def loss(self, x0):
         loss = super().loss(x0)
@@ -104,7 +154,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
                             callbacks=[ResumeCheckpoint(ckpt, 2, {"x": 1})], progress=False)
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         trainer.fit(system, datamodule=data)
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
 
 
 def run_stage(tmp_path: Path, params_file: Path, **popen):
@@ -127,23 +177,23 @@ def test_sigkill_mid_run_then_rerun_resumes_and_stops_at_max_steps(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if ckpt.exists():
-            step = torch.load(ckpt, weights_only=False)["global_step"]
+            step = torch.load(ckpt, weights_only=True)["global_step"]
             if step >= 20:
                 proc.send_signal(signal.SIGKILL)
                 killed_at = step
-                killed_seconds = torch.load(ckpt, weights_only=False)["train_seconds"]
+                killed_seconds = torch.load(ckpt, weights_only=True)["train_seconds"]
                 break
         time.sleep(0.2)
     proc.wait()
     assert killed_at is not None, "training finished or stalled before it could be killed"
-    assert torch.load(ckpt, weights_only=False)["global_step"] < 60
+    assert torch.load(ckpt, weights_only=True)["global_step"] < 60
 
     rerun = run_stage(tmp_path, params_file)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     resumed = int(output.split("at step ")[1].split()[0])
     assert resumed >= killed_at
-    final = torch.load(ckpt, weights_only=False)
+    final = torch.load(ckpt, weights_only=True)
     assert final["global_step"] == 60
     # A fresh optimizer would count only the steps since the restart.
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
@@ -186,4 +236,4 @@ def test_two_process_ddp_on_cpu_splits_data_and_writes_outputs_once(tmp_path):
     assert not seen[0] & seen[1]                        # DistributedSampler: disjoint shards
     assert proc.stdout.count("trained to step 4") == 1  # final weights written by rank 0 only
     assert (tmp_path / "models" / "ema.safetensors").exists()
-    assert torch.load(tmp_path / "state" / CHECKPOINT, weights_only=False)["global_step"] == 4
+    assert torch.load(tmp_path / "state" / CHECKPOINT, weights_only=True)["global_step"] == 4
