@@ -143,6 +143,9 @@ def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, logger=logger, callbacks=list(callbacks),
         enable_checkpointing=False,
+        # The DataModule shards the training order by rank itself (EpochOrder), so the
+        # order can be saved and resumed; Lightning must not swap in its own sampler.
+        use_distributed_sampler=False,
         # Lightning counts validation intervals in batches, not optimizer steps.
         val_check_interval=cfg.val_every * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=10,
