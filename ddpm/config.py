@@ -266,10 +266,10 @@ def params_from_dict(raw: Any) -> Params:
 
 
 def _check_steps_within_timesteps(params: Params) -> None:
-    """DDIM step counts must not exceed T: caught when params load, not after training."""
+    """Sampler step counts must not exceed T: caught when params load, not after training."""
     sample, timesteps = params.sample, params.diffusion.timesteps
     checks = [("sample.sweep_steps", sample.sweep_steps, max(sample.sweep_steps, default=0))]
-    if sample.sampler == "ddim":  # the ddpm sampler ignores sample.steps
+    if sample.sampler != "ddpm":  # ancestral DDPM runs all T steps and ignores sample.steps
         checks.insert(0, ("sample.steps", sample.steps, sample.steps))
     for key, value, steps in checks:
         if steps > timesteps:
