@@ -44,6 +44,7 @@ class DataConfig:
     min_size: int = _bounded(16, ge=1)
     shard_size: int = _bounded(4096, ge=1)
     workers: int = _bounded(0, ge=0)
+    image_column: str = ""
 
 
 @dataclass(frozen=True)
