@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
+from ddpm.devices import check_accelerator
 from ddpm.errors import DataError
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
 from ddpm.training.data import FaceDataModule, read_manifest
@@ -158,6 +159,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     """Train (or resume) the model described by `params` on a prepared data set."""
     from dvclive.lightning import DVCLiveLogger  # here, so build_trainer works without dvclive
 
+    check_accelerator("train", params.train.accelerator, params.train.devices)
     manifest = read_manifest(prepared_dir)
     if manifest["img_size"] != params.model.img_size:
         raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "
