@@ -34,6 +34,8 @@ def prepare(
     workers: int = typer.Option(_DATA.workers, help="Worker processes (0 = all cores)."),
     demo_size: int = typer.Option(_DATA.demo_size, help="Images in the demo set."),
     seed: int = typer.Option(_DATA.seed, help="Seed of the demo set."),
+    image_column: str = typer.Option(_DATA.image_column,
+                                     help="Parquet: the column of images (default: found)."),
 ) -> None:
     """Prepare a data set: decode, convert to RGB, crop, resize, split, write Parquet shards."""
     from ddpm.config import build_section
@@ -42,7 +44,8 @@ def prepare(
     data = build_section(DataConfig, dict(source=source, crop=crop,
                                           holdout_fraction=holdout_fraction, min_size=min_size,
                                           shard_size=shard_size, workers=workers,
-                                          demo_size=demo_size, seed=seed), "data")
+                                          demo_size=demo_size, seed=seed,
+                                          image_column=image_column), "data")
     build_section(ModelConfig, dict(img_size=img_size), "model")
     manifest = prepare_dataset(data, img_size, out)
     typer.echo(summary(manifest, out))

@@ -9,6 +9,7 @@ valid values and never re-reads `params.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class DataConfig:
     min_size: int = _bounded(16, ge=1)
     shard_size: int = _bounded(4096, ge=1)
     workers: int = _bounded(0, ge=0)
+    image_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,21 @@ def _type_name(tp: Any) -> str:
         tp, str(tp))
 
 
+def _float_text(value: Any) -> Any:
+    """A finite number written as text ('2e-4'), as a float; anything else unchanged.
+
+    YAML 1.1 (PyYAML) reads `2e-4` and `1e3`, the way most people write them, as
+    strings: it wants a dot and a signed exponent (`2.0e-4`).
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -192,6 +209,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
+        value = _float_text(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is str:
@@ -246,7 +264,22 @@ def params_from_dict(raw: Any) -> Params:
         raise ConfigError(f"{unknown[0]}: unknown section; allowed sections are "
                           + ", ".join(sections))
     hints = typing.get_type_hints(Params)
-    return Params(**{name: build_section(hints[name], raw.get(name), name) for name in sections})
+    params = Params(**{name: build_section(hints[name], raw.get(name), name)
+                       for name in sections})
+    _check_steps_within_timesteps(params)
+    return params
+
+
+def _check_steps_within_timesteps(params: Params) -> None:
+    """Sampler step counts must not exceed T: caught when params load, not after training."""
+    sample, timesteps = params.sample, params.diffusion.timesteps
+    checks = [("sample.sweep_steps", sample.sweep_steps, max(sample.sweep_steps, default=0))]
+    if sample.sampler != "ddpm":  # ancestral DDPM runs all T steps and ignores sample.steps
+        checks.insert(0, ("sample.steps", sample.steps, sample.steps))
+    for key, value, steps in checks:
+        if steps > timesteps:
+            raise ConfigError(f"{key} = {value!r}: must be <= diffusion.timesteps ({timesteps}); "
+                              f"lower {key} or raise diffusion.timesteps")
 
 
 def load_params(path: str | Path) -> Params:

@@ -6,6 +6,7 @@ the batch size, the number of devices, or interruptions.
 
 Output folder:
     shard-00000.npy ...   uint8 [k, H, W, 3]; shard s holds indices s·shard_size ... (< n)
+    shard-00000.sha256    the SHA-256 of that shard's file, recorded as it is written
     fingerprint.json      what the shards were made with (weights hash + sampler settings)
     manifest.json         n, shards, settings, throughput
     grid.png              the first 64 samples, for people to look at
@@ -13,13 +14,16 @@ Output folder:
 
 Resuming: shards are written under a temporary name and renamed, so a shard
 file is either complete or absent. A rerun with the same fingerprint keeps
-every finished shard; a different fingerprint clears the folder first. `n`
-is not part of the fingerprint, so raising it extends an existing run.
+every finished shard whose bytes still match its recorded hash, and generates
+again, with one line, any that do not (changed, truncated, unreadable); a
+different fingerprint clears the folder first. `n` is not part of the
+fingerprint, so raising it extends an existing run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -32,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddpm.atomic import write_atomically, write_json_atomically
+from ddpm.atomic import write_atomically, write_json_atomically, write_text_atomically
 from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
@@ -77,10 +81,30 @@ def shard_count(sample: SampleConfig) -> int:
     return (sample.n + sample.shard_size - 1) // sample.shard_size
 
 
+def hash_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"shard-{shard:05d}.sha256"
+
+
+def shard_damage(out_dir: Path, shard: int) -> str | None:
+    """Why an existing shard file cannot be kept (its bytes differ from the record), or None."""
+    recorded = hash_path(out_dir, shard)
+    if not recorded.is_file():
+        return f"no recorded hash ({recorded.name} is missing)"
+    if file_sha256(shard_path(out_dir, shard)) != recorded.read_text().strip():
+        return f"its bytes differ from the SHA-256 recorded in {recorded.name}"
+    return None
+
+
 def shard_done(out_dir: Path, sample: SampleConfig, shard: int) -> bool:
+    """Whether shard `shard` is on disk, intact and holds all its images."""
     path = shard_path(out_dir, shard)
     if not path.is_file():
         return False
+    damage = shard_damage(out_dir, shard)
+    if damage:
+        print(f"{path}: damaged, {damage}; generating it again")
+        return False
+    # Intact but shorter: made when sample.n was smaller, so it is extended.
     return np.load(path, mmap_mode="r").shape[0] == len(shard_indices(sample, shard))
 
 
@@ -115,13 +139,13 @@ class Generator:
                                  self.img_size, self.device)
             images.append(to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
             bar.update(len(batch))
-        pixels = np.concatenate(images)  # [k, H, W, 3] uint8
-
-        def save(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, pixels)
-
-        write_atomically(shard_path(out_dir, shard), save)
+        buffer = io.BytesIO()
+        np.save(buffer, np.concatenate(images))  # [k, H, W, 3] uint8
+        data = buffer.getvalue()
+        # The hash first: a kill between the two leaves a hash without its shard
+        # (generated again, silently), never a shard that cannot be checked.
+        write_text_atomically(hash_path(out_dir, shard), hashlib.sha256(data).hexdigest() + "\n")
+        write_atomically(shard_path(out_dir, shard), lambda tmp: tmp.write_bytes(data))
 
 
 def prepare_output(out_dir: Path, expected: dict) -> None:
@@ -177,6 +201,8 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
                                                                for s in range(shards)],
                 "format": f"npy, uint8 [k, H, W, 3]; shard s holds indices from "
                           f"s*{sample.shard_size}",
+                "shard_sha256": {shard_path(out_dir, s).name: hash_path(out_dir, s).read_text()
+                                 .strip() for s in range(shards)},
                 "sample": to_dict(sample),
                 "nfe": sampler_nfe(sample.sampler, sample.steps, schedule.timesteps),
                 "weights_sha256": expected["weights_sha256"],

@@ -10,6 +10,7 @@ import typer
 from lightning.fabric import Fabric
 
 from ddpm.config import load_params
+from ddpm.devices import check_accelerator
 from ddpm.errors import one_line_errors
 from ddpm.generation import generate
 
@@ -20,6 +21,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          out: Path = typer.Option(Path("samples"), help="Output folder.")) -> None:
     """Generate sample.n images with the configured sampler."""
     sample = load_params(params).sample
+    check_accelerator("sample", sample.accelerator, sample.devices)
     parallel = sample.devices * sample.num_nodes > 1
     fabric = Fabric(accelerator=sample.accelerator, devices=sample.devices,
                     num_nodes=sample.num_nodes, strategy="ddp" if parallel else "auto")

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# ------------------------------------------------------------------ subprocesses
+
+# Stages, scripts and DDP workers that tests start in subprocesses import this
+# checkout's ddpm, not whichever copy pip installed in editable mode (another
+# worktree's, say): the tests then check the code beside them.
+REPO = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 # ------------------------------------------------------------------ stand-in Inception
 

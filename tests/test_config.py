@@ -50,3 +50,53 @@ def test_invalid_yaml_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("text, value", [("2e-4", 2e-4), ("1e3", 1000.0), (" 3E-5 ", 3e-5)])
+def test_float_keys_accept_numbers_yaml_reads_as_text(tmp_path, text, value):
+    # PyYAML reads 2e-4 (no dot) as the string '2e-4'; people write learning rates that way.
+    (tmp_path / "params.yaml").write_text(f"train:\n  lr: {text}\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.lr == value and isinstance(params.train.lr, float)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train": {"lr": "fast"}}, "train.lr = 'fast': must be a number"),
+    ({"train": {"lr": "nan"}}, "train.lr = 'nan': must be a number"),
+    ({"train": {"lr": "-2e-4"}}, "train.lr = -0.0002: must be > 0.0"),
+    ({"model": {"img_size": "64"}}, "model.img_size = '64': must be an integer"),
+])
+def test_text_that_is_not_a_finite_number_is_still_refused(raw, message):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(raw)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"diffusion": {"timesteps": 10}},
+     "sample.steps = 50: must be <= diffusion.timesteps (10); lower sample.steps or raise "
+     "diffusion.timesteps"),
+    ({"diffusion": {"timesteps": 20}, "sample": {"steps": 20}},
+     "sample.sweep_steps = [5, 10, 25]: must be <= diffusion.timesteps (20); lower "
+     "sample.sweep_steps or raise diffusion.timesteps"),
+])
+def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(raw)
+    assert str(err.value) == message
+
+
+def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
+    params = params_from_dict({"diffusion": {"timesteps": 10},
+                               "sample": {"sampler": "ddpm", "sweep_steps": [5, 10]}})
+    assert params.sample.steps == 50 and params.diffusion.timesteps == 10
+
+
+def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
+    (tmp_path / "params.yaml").write_text("diffusion:\n  timesteps: 10\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.prepare", "--params",
+                           str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: sample.steps = 50: must be <= diffusion.timesteps")
+    assert not (tmp_path / "out").exists()

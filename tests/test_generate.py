@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -93,6 +94,30 @@ def test_changed_settings_clear_old_shards_and_larger_n_extends(model_dir, tmp_p
                                      sweep_steps=[3], sweep_samplers=["unipc"]),
              progress=False)
     assert json.loads((out / "manifest.json").read_text())["generated_now"] == 0
+
+
+def test_changed_truncated_or_unhashed_shards_are_generated_again_with_one_line_each(
+        model_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    generate(model_dir, out, SAMPLE, progress=False)
+    good = shards(out)
+    changed, truncated, unhashed = (shard_path(out, s) for s in range(3))
+    data = bytearray(changed.read_bytes())
+    data[-1] ^= 0xFF                                   # one pixel value, header untouched
+    changed.write_bytes(bytes(data))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    (out / "shard-00002.sha256").unlink()
+    capsys.readouterr()
+    generate(model_dir, out, SAMPLE, progress=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(": damaged, ")[0] for line in lines] == \
+        [str(changed), str(truncated), str(unhashed)]
+    assert all(line.endswith("; generating it again") for line in lines)
+    assert shards(out) == good
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generated_now"] == 40
+    assert manifest["shard_sha256"]["shard-00000.npy"] == \
+        hashlib.sha256(good["shard-00000.npy"]).hexdigest()
 
 
 def run_stage(tmp_path: Path, model_dir: Path, out: Path, **sample) -> subprocess.Popen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -207,7 +208,7 @@ def test_unsafe_archive_members_and_archive_bombs_are_refused(tmp_path, monkeypa
         archive.writestr("../escape.png", good)
         archive.writestr("/abs.png", good)
         archive.writestr("big.png", b"\0" * 5000, compress_type=zipfile.ZIP_DEFLATED)
-    monkeypatch.setattr(sources_module, "MAX_MEMBER_BYTES", 4000)
+    monkeypatch.setattr(sources_module, "MAX_IMAGE_BYTES", 4000)
     manifest = prepare_dataset(config(tmp_path / "evil.zip"), 16, tmp_path / "out",
                                progress=False)
     reasons = {s["key"]: s["reason"] for s in manifest["skipped"]}
@@ -228,6 +229,139 @@ def test_tar_links_are_refused(tmp_path):
         archive.addfile(link)
     manifest = prepare_dataset(config(tmp_path / "a.tar"), 16, tmp_path / "out", progress=False)
     assert [(s["key"], "link" in s["reason"]) for s in manifest["skipped"]] == [("link.png", True)]
+
+
+def noise_pngs(n: int, size: int = 24) -> list[bytes]:
+    """Incompressible PNGs (noise), so a cut in a compressed archive lands inside a member."""
+    return [encoded(photo(i, size=(size, size)), "PNG") for i in range(n)]
+
+
+def skipped(manifest: dict) -> dict[str, str]:
+    return {s["key"]: s["reason"] for s in manifest["skipped"]}
+
+
+def test_zip_member_with_a_corrupt_deflate_stream_is_skipped(tmp_path):
+    pngs = noise_pngs(3)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for i, data in enumerate(pngs):
+            archive.writestr(f"img{i}.png", data)
+        info = archive.getinfo("img1.png")
+    raw = bytearray((tmp_path / "a.zip").read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start] = 0xFF        # first deflate block: BTYPE 11, reserved, so zlib.error
+    (tmp_path / "a.zip").write_bytes(bytes(raw))
+    manifest = prepare_dataset(config(tmp_path / "a.zip"), 16, tmp_path / "out", progress=False)
+    assert list(skipped(manifest)) == ["img1.png"]
+    assert "corrupt archive member" in skipped(manifest)["img1.png"]
+    assert sorted(all_images(tmp_path / "out")) == ["img0.png", "img2.png"]
+
+
+def test_truncated_tar_gz_keeps_the_members_before_the_damage_and_lists_the_rest(tmp_path):
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as archive:
+        for i, data in enumerate(noise_pngs(10, size=40)):
+            info = tarfile.TarInfo(f"img{i}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    whole = (tmp_path / "a.tar.gz").read_bytes()
+    (tmp_path / "a.tar.gz").write_bytes(whole[: len(whole) * 6 // 10])
+    manifest = prepare_dataset(config(tmp_path / "a.tar.gz"), 16, tmp_path / "out",
+                               progress=False)
+    kept = sorted(all_images(tmp_path / "out"))
+    assert 3 <= len(kept) <= 6 and kept == [f"img{i}.png" for i in range(len(kept))]
+    (key, reason), = skipped(manifest).items()
+    assert key == f"img{len(kept)}.png" and reason.startswith("corrupt archive")
+
+
+def test_garbage_tar_is_listed_and_stops_the_stage_with_one_line(tmp_path):
+    (tmp_path / "a.tar.gz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"no usable training images \(1 skipped; first: "
+                                        r"a.tar.gz \(from its start\): corrupt archive"):
+        prepare_dataset(config(tmp_path / "a.tar.gz"), 16, tmp_path / "out", progress=False)
+
+
+def write_parquet(path: Path, columns: dict, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, **kwargs)
+    return path
+
+
+def test_parquet_folder_with_a_garbage_file_uses_the_good_one(tmp_path):
+    write_parquet(tmp_path / "pq" / "a.parquet", {"image": noise_pngs(4)})
+    (tmp_path / "pq" / "b.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4 + b"PAR1")
+    manifest = prepare_dataset(config(tmp_path / "pq"), 16, tmp_path / "out", progress=False)
+    assert sum(manifest["counts"].values()) == 4
+    assert list(skipped(manifest)) == ["b.parquet"]
+    assert skipped(manifest)["b.parquet"].startswith("not a readable Parquet file")
+
+
+def test_parquet_row_group_with_a_corrupt_page_is_skipped_and_the_others_kept(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", {"image": noise_pngs(12)}, row_group_size=4,
+                         compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    offset = column.dictionary_page_offset or column.data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset: offset + 16] = b"\xff" * 16       # the page header; the footer stays intact
+    path.write_bytes(bytes(raw))
+    manifest = prepare_dataset(config(path), 16, tmp_path / "out", progress=False)
+    assert sum(manifest["counts"].values()) == 8
+    assert list(skipped(manifest)) == ["a.parquet#4-7"]
+    assert skipped(manifest)["a.parquet#4-7"].startswith("corrupt Parquet data, rows skipped")
+
+
+def test_parquet_image_column_is_the_one_holding_images_or_the_one_named(tmp_path):
+    pngs = noise_pngs(4)
+    hashes = [bytes([i]) * 32 for i in range(4)]             # binary, but not images
+    path = write_parquet(tmp_path / "a.parquet", {"sha": hashes, "image": pngs,
+                                                  "thumb": pngs[::-1]})
+    prepare_dataset(config(path), 16, tmp_path / "found", progress=False)
+    prepare_dataset(config(path, image_column="thumb"), 16, tmp_path / "named", progress=False)
+    found, named = all_images(tmp_path / "found"), all_images(tmp_path / "named")
+    assert len(found) == len(named) == 4
+    assert found["a.parquet#0"].tobytes() == named["a.parquet#3"].tobytes()
+    with pytest.raises(DataError, match="no column 'img' of image bytes"):
+        prepare_dataset(config(path, image_column="img"), 16, tmp_path / "x", progress=False)
+
+
+def test_folder_files_over_the_size_limit_are_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources_module, "MAX_IMAGE_BYTES", 4000)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.png").write_bytes(encoded(photo(1, size=(20, 20)), "PNG"))
+    (src / "big.png").write_bytes(encoded(photo(2, size=(60, 60)), "PNG"))   # ~10 KB
+    manifest = prepare_dataset(config(src), 16, tmp_path / "out", progress=False)
+    assert list(skipped(manifest)) == ["big.png"]
+    assert "over the 4,000-byte limit" in skipped(manifest)["big.png"]
+    # A file that grows after it was listed is still read no further than the limit.
+    (src / "big.png").write_bytes(b"\0" * 10_000_000)
+    with pytest.raises(images_module.UnusableImage, match="limit"):
+        sources_module._read_file(str(src / "big.png"))
+
+
+def bad_name_sources(tmp_path: Path) -> dict[str, Path]:
+    """The same two images, one named with a byte that is not UTF-8, as a folder and a tar."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    bad = os.fsdecode(b"caf\xe9.png")                   # Latin-1 é: invalid UTF-8
+    for name, data in (("ok.png", noise_pngs(1)[0]), (bad, noise_pngs(2)[1])):
+        (folder / name).write_bytes(data)
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, path.name)
+    return {"folder": folder, "tar": tmp_path / "a.tar"}
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_file_names_that_are_not_utf8_are_listed_and_the_stage_prints_them(tmp_path, kind):
+    source = bad_name_sources(tmp_path)[kind]
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  source: {source}\n  workers: 1\nmodel:\n  img_size: 16\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "caf\\xe9.png: file name is not valid UTF-8; rename it" in proc.stdout
+    assert list(all_images(tmp_path / "out")) == ["ok.png"]
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "only_bad"])

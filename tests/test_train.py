@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import torch
 
 import tiny
 from ddpm.training.data import FaceDataModule
-from ddpm.training.run import CHECKPOINT, build_trainer, fingerprint, resume_path
+from ddpm.training.run import (CHECKPOINT, build_trainer, fingerprint, read_checkpoint,
+                               resume_path)
 from ddpm.training.system import DiffusionSystem, NonFiniteLoss
 from ddpm.training.callbacks import ResumeCheckpoint
 
@@ -72,6 +74,30 @@ def test_batch_8_times_accumulate_4_equals_batch_32(tmp_path):
     assert ema32 == ema8 == 1                                        # EMA once per optimizer step
 
 
+def test_epoch_order_is_a_function_of_seed_and_epoch_dealt_to_ranks_and_skips_what_was_taken():
+    from ddpm.training.data import EpochOrder
+    ranks = [EpochOrder(21, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for order in ranks:
+        order.set_epoch(4)
+    shares = [list(order) for order in ranks]
+    assert len(shares[0]) == len(shares[1]) == 10 and not set(shares[0]) & set(shares[1])
+    assert shares[0] == EpochOrder(21, seed=3, rank=0, world_size=2).indices(4)
+    assert shares[0] != ranks[0].indices(5)                       # each epoch its own order
+    ranks[0].skip = 6
+    assert list(ranks[0]) == shares[0][6:]                        # skips once ...
+    assert list(ranks[0]) == shares[0]                            # ... then whole epochs again
+
+
+def test_loader_resumed_after_an_epochs_last_batch_starts_the_next_epoch():
+    from ddpm.training.data import EpochOrder, ResumableLoader
+    order = EpochOrder(20, seed=0)
+    loader = ResumableLoader(list(range(20)), order, lambda: 0, batch_size=4, drop_last=True)
+    loader.load_state_dict({"epoch": 2, "batches": 3})
+    assert [b.tolist() for b in loader] == [order.indices(2)[12:16], order.indices(2)[16:20]]
+    loader.load_state_dict({"epoch": 2, "batches": 5})
+    assert order.epoch == 3 and len(list(loader)) == 5
+
+
 def test_checkpoint_with_other_params_is_set_aside_with_a_reason(tmp_path, capsys):
     state = tmp_path / "state"
     state.mkdir()
@@ -85,6 +111,56 @@ def test_checkpoint_with_other_params_is_set_aside_with_a_reason(tmp_path, capsy
     assert "set aside" in out and "train.lr 0.001 -> 0.0002" in out
     assert not (state / CHECKPOINT).exists()
     assert len(list(state.glob("set-aside-*.ckpt"))) == 1          # kept, not deleted
+
+
+class LeavesAMarker:
+    """Unpickling this creates a folder: the harmless stand-in for a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (str(self.marker),))
+
+
+def _truncated_checkpoint(path: Path) -> None:
+    torch.save({"global_step": 5, "weights": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", ["pickle", "truncated", "empty", "garbage", "no_step"])
+def test_damaged_or_hostile_checkpoint_is_set_aside_with_one_line_and_never_run(
+        tmp_path, capsys, damage):
+    state, marker = tmp_path / "state", tmp_path / "marker"
+    state.mkdir()
+    ckpt = state / CHECKPOINT
+    expected = fingerprint(tiny.params(), "abc")
+    if damage == "pickle":
+        torch.save({"global_step": 5, "ddpm_fingerprint": expected,
+                    "x": LeavesAMarker(marker)}, ckpt)
+    elif damage == "truncated":
+        _truncated_checkpoint(ckpt)
+    elif damage == "no_step":
+        torch.save([1, 2, 3], ckpt)
+    else:
+        ckpt.write_bytes(b"" if damage == "empty" else bytes(range(256)) * 40)
+    assert resume_path(state, expected) is None
+    assert not marker.exists()                                  # nothing ran
+    assert not ckpt.exists() and len(list(state.glob("set-aside-*.ckpt"))) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"set aside {ckpt} as set-aside-")
+    assert lines[0].endswith("training starts from scratch")
+
+
+def test_checkpoints_set_aside_in_the_same_second_are_all_kept(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    for _ in range(3):
+        (state / CHECKPOINT).write_bytes(b"garbage")
+        assert resume_path(state, {}) is None
+    assert len(list(state.glob("set-aside-*.ckpt"))) == 3
 
 
 class NanAfter(FixedNoiseSystem):
@@ -104,54 +180,68 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
                             callbacks=[ResumeCheckpoint(ckpt, 2, {"x": 1})], progress=False)
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         trainer.fit(system, datamodule=data)
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
 
 
-def run_stage(tmp_path: Path, params_file: Path, **popen):
-    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
-           "--data", str(tmp_path / "data"), "--models", str(tmp_path / "models"),
-           "--state", str(tmp_path / "state"), "--live", str(tmp_path / "live")]
+def run_stage(tmp_path: Path, params_file: Path, out: str = "", **popen):
+    """The train stage in a subprocess, on this checkout's code, one thread (deterministic)."""
+    out_dir = tmp_path / out if out else tmp_path
+    cmd = [sys.executable, "-m", "stages.train", "--params", str(params_file),
+           "--data", str(tmp_path / "data"), "--models", str(out_dir / "models"),
+           "--state", str(out_dir / "state"), "--live", str(out_dir / "live")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+                            cwd=REPO, env=env, **popen)
+
+
+def kill_after_checkpoint(proc, ckpt: Path, min_step: int) -> int:
+    """SIGKILL `proc` once its checkpoint has reached `min_step`; the step it had reached."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        checkpoint, _ = read_checkpoint(ckpt) if ckpt.exists() else (None, "")
+        if checkpoint and checkpoint["global_step"] >= min_step:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return checkpoint["global_step"]
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("training finished or stalled before it could be killed")
+
+
+def model_files(models: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(models.iterdir())}
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_resumes_and_stops_at_max_steps(tmp_path):
+def test_sigkill_mid_epoch_then_rerun_ends_with_the_same_bytes_as_an_uninterrupted_run(tmp_path):
+    # 59 training images in batches of 8: 7 batches an epoch, so checkpoints at steps
+    # 10, 15, 20, 25 all fall mid-epoch and the resumed run must continue the epoch's order.
     tiny.prepared(tmp_path / "data", n=64)
     params_file = tiny.write_params(tmp_path / "params.yaml",
-                                    train={"max_steps": 60, "checkpoint_every": 10,
-                                           "val_every": 30, "sample_every": 1000})
-    ckpt = tmp_path / "state" / CHECKPOINT
-    proc = run_stage(tmp_path, params_file)
-    killed_at = None
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists():
-            step = torch.load(ckpt, weights_only=False)["global_step"]
-            if step >= 20:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = step
-                killed_seconds = torch.load(ckpt, weights_only=False)["train_seconds"]
-                break
-        time.sleep(0.2)
-    proc.wait()
-    assert killed_at is not None, "training finished or stalled before it could be killed"
-    assert torch.load(ckpt, weights_only=False)["global_step"] < 60
+                                    train={"max_steps": 30, "checkpoint_every": 5,
+                                           "val_every": 10, "sample_every": 1000})
+    reference = run_stage(tmp_path, params_file, "reference")
+    output, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, output
 
+    ckpt = tmp_path / "state" / CHECKPOINT
+    killed_at = kill_after_checkpoint(run_stage(tmp_path, params_file), ckpt, 10)
+    killed_seconds = read_checkpoint(ckpt)[0]["train_seconds"]
+    assert killed_at < 30 and killed_at % 7 != 0
     rerun = run_stage(tmp_path, params_file)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
-    resumed = int(output.split("at step ")[1].split()[0])
-    assert resumed >= killed_at
-    final = torch.load(ckpt, weights_only=False)
-    assert final["global_step"] == 60
+    assert f"at step {killed_at}" in output
+
+    final = read_checkpoint(ckpt)[0]
+    assert final["global_step"] == 30
     # A fresh optimizer would count only the steps since the restart.
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
-    assert adam_steps == {60}
-    assert final["ema_updates"] == 60
+    assert adam_steps == {30}
+    assert final["ema_updates"] == 30
     # Training time adds up over the killed run and the resumed one.
     assert final["train_seconds"] > killed_seconds > 0
-    assert (tmp_path / "models" / "ema.safetensors").exists()
+    assert model_files(tmp_path / "models") == model_files(tmp_path / "reference" / "models")
 
 
 @pytest.mark.slow
@@ -186,4 +276,4 @@ def test_two_process_ddp_on_cpu_splits_data_and_writes_outputs_once(tmp_path):
     assert not seen[0] & seen[1]                        # DistributedSampler: disjoint shards
     assert proc.stdout.count("trained to step 4") == 1  # final weights written by rank 0 only
     assert (tmp_path / "models" / "ema.safetensors").exists()
-    assert torch.load(tmp_path / "state" / CHECKPOINT, weights_only=False)["global_step"] == 4
+    assert torch.load(tmp_path / "state" / CHECKPOINT, weights_only=True)["global_step"] == 4

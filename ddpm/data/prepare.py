@@ -142,7 +142,8 @@ def prepare_dataset(data: DataConfig, img_size: int, out_dir: str | Path, *,
     Raises DataError when the source does not exist or yields no usable image;
     then nothing is written.
     """
-    opened = open_source(data.source, demo_size=data.demo_size, seed=data.seed)
+    opened = open_source(data.source, demo_size=data.demo_size, seed=data.seed,
+                         image_column=data.image_column)
     workers = data.workers or os.cpu_count() or 1
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

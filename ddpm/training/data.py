@@ -3,6 +3,11 @@
 Workers only decode PNG → uint8 [3, H, W]; scaling to [-1, 1] and flips happen on
 the device after transfer (`DiffusionSystem.on_after_batch_transfer`), so the
 loader moves 4× fewer bytes than float32 and the accelerator does the arithmetic.
+
+The training order is part of the resume state: epoch e's order is a function
+of (seed, e) alone, and the checkpoint records the epoch and how many of its
+batches the training loop has taken, so a resumed run continues the epoch where
+the interrupted one stopped and ends with the same weights, to the bit.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Callable, Iterator
 
 import lightning as L
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ddpm.diffusion.samplers import sample_generators
 from ddpm.errors import DataError
@@ -84,6 +90,64 @@ class FixedNoiseImages(Dataset):
         return self.images[index], self.noise[index], self.t[index]
 
 
+class EpochOrder(Sampler[int]):
+    """This rank's share of a training epoch, in an order that depends on (seed, epoch) only.
+
+    Epoch e is a permutation of the data set seeded by (seed, e) and dealt
+    round-robin to the ranks (each gets the same count, so ranks step together).
+    `skip` drops the first indices of the next iteration: what an interrupted
+    run had already trained on.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
+        if epoch != self.epoch:
+            self.skip = 0
+        self.epoch = epoch
+
+    def indices(self, epoch: int) -> list[int]:
+        # SeedSequence wants non-negative entropy; fold negative seeds into 64 bits.
+        rng = np.random.default_rng([self.seed % 2**64, epoch])
+        usable = len(self) * self.world_size
+        return rng.permutation(self.size)[self.rank:usable:self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.indices(self.epoch)[self.skip:]
+        self.skip = 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose position Lightning keeps in the checkpoint.
+
+    Lightning calls `state_dict()` when it saves a checkpoint and
+    `load_state_dict()` when it resumes from one, before the first batch. The
+    position comes from the training loop (`consumed`), not from the loader:
+    the loop fetches a batch ahead, so the loader has handed out one more batch
+    than was trained on.
+    """
+
+    def __init__(self, dataset: Dataset, order: EpochOrder, consumed: Callable[[], int],
+                 **kwargs):
+        super().__init__(dataset, sampler=order, **kwargs)
+        self.order, self.consumed = order, consumed
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.order.epoch, "batches": self.consumed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved after an epoch's last batch: next epoch, from its start
+            epoch, batches = epoch + 1, 0
+        self.order.epoch, self.order.skip = epoch, batches * self.batch_size
+
+
 class FaceDataModule(L.LightningDataModule):
     """Train split (shuffled; Lightning adds a DistributedSampler under DDP) and a fixed val set."""
 
@@ -104,14 +168,31 @@ class FaceDataModule(L.LightningDataModule):
             holdout = PreparedImages(self.prepared_dir, "train", limit=self.val_images)
         self.val_set = FixedNoiseImages(holdout, self.timesteps, self.seed)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+    def _loader_options(self) -> dict:
+        return dict(batch_size=self.batch_size, num_workers=self.num_workers,
+                    pin_memory=torch.cuda.is_available(),
+                    persistent_workers=self.num_workers > 0,
+                    # Its own generator for the workers' base seed: drawing it from the
+                    # global one would shift the training noise on every resume.
+                    generator=torch.Generator().manual_seed(self.seed))
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer  # None outside a Trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _batches_consumed(self) -> int:
+        # Batches of the current epoch the training loop has taken (restored on resume).
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        # The Trainer runs with use_distributed_sampler=False: EpochOrder shards by rank.
+        rank, world_size = self._rank()
+        order = EpochOrder(len(self.train_set), self.seed, rank, world_size)
+        return ResumableLoader(self.train_set, order, self._batches_consumed, drop_last=True,
+                               **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        rank, world_size = self._rank()
+        sampler = (DistributedSampler(self.val_set, world_size, rank, shuffle=False)
+                   if world_size > 1 else None)
+        return DataLoader(self.val_set, sampler=sampler, **self._loader_options())

@@ -12,7 +12,9 @@ deleted) with one line saying which params differ.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import pickle
 import sys
 import time
 import warnings
@@ -24,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
+from ddpm.devices import check_accelerator
 from ddpm.errors import DataError
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
 from ddpm.training.data import FaceDataModule, read_manifest
@@ -81,20 +84,54 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def read_checkpoint(path: Path) -> tuple[dict | None, str]:
+    """(checkpoint, "") or (None, why it cannot be used); never runs code from the file.
+
+    `weights_only=True` unpickles tensors and plain values only: a crafted
+    checkpoint cannot execute anything. Any failure to read the file (torch's zip
+    reader, a short file, the safe unpickler's refusal, garbage) means the same
+    thing here, that the file is not a checkpoint this run can continue, so all
+    are caught alike.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on garbage
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return None, "not a checkpoint of tensors and plain values (refused to unpickle it)"
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        detail = (str(err).splitlines() or [""])[0].split(". ")[0][:100]
+        return None, f"unreadable ({type(err).__name__}{': ' + detail if detail else ''})"
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        return None, "not a training checkpoint (no global_step)"
+    return checkpoint, ""
+
+
+def _set_aside(path: Path, why: str) -> None:
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    aside = path.with_name(f"set-aside-{stamp}.ckpt")
+    for n in itertools.count(2):  # never replace one set aside earlier in the same second
+        if not aside.exists():
+            break
+        aside = path.with_name(f"set-aside-{stamp}-{n}.ckpt")
+    path.rename(aside)
+    print(f"set aside {path} as {aside.name}: {why}; training starts from scratch")
+
+
 def resume_path(state_dir: Path, expected: dict) -> Path | None:
-    """The checkpoint to resume from, or None; sets aside one made with other params."""
+    """The checkpoint to resume from, or None; sets aside one that is damaged or made otherwise."""
     path = state_dir / CHECKPOINT
     if not path.is_file():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("ddpm_fingerprint")
-    if saved == expected:
+    checkpoint, unusable = read_checkpoint(path)
+    saved = checkpoint.get("ddpm_fingerprint") if checkpoint else None
+    if checkpoint and saved == expected:
+        if rank_zero_only.rank == 0:
+            print(f"resuming from {path} at step {checkpoint['global_step']}")
         return path
     if rank_zero_only.rank == 0:
-        aside = state_dir / f"set-aside-{time.strftime('%Y%m%d-%H%M%S')}.ckpt"
-        path.rename(aside)
         why = ", ".join(_differences(saved or {}, expected)[:4]) or "no fingerprint"
-        print(f"set aside {path} as {aside.name}: made with different params or code ({why}); "
-              "training starts from scratch")
+        _set_aside(path, unusable or f"made with different params or code ({why})")
     return None
 
 
@@ -107,6 +144,9 @@ def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, logger=logger, callbacks=list(callbacks),
         enable_checkpointing=False,
+        # The DataModule shards the training order by rank itself (EpochOrder), so the
+        # order can be saved and resumed; Lightning must not swap in its own sampler.
+        use_distributed_sampler=False,
         # Lightning counts validation intervals in batches, not optimizer steps.
         val_check_interval=cfg.val_every * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=10,
@@ -119,6 +159,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     """Train (or resume) the model described by `params` on a prepared data set."""
     from dvclive.lightning import DVCLiveLogger  # here, so build_trainer works without dvclive
 
+    check_accelerator("train", params.train.accelerator, params.train.devices)
     manifest = read_manifest(prepared_dir)
     if manifest["img_size"] != params.model.img_size:
         raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "
@@ -126,9 +167,6 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     cfg, state_dir = params.train, Path(state_dir)
     expected = fingerprint(params, manifest["content_sha256"])
     resume = resume_path(state_dir, expected)
-    if resume and rank_zero_only.rank == 0:
-        step = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
-        print(f"resuming from {resume} at step {step}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = DiffusionSystem(params.model, params.diffusion, cfg)
     data = FaceDataModule(prepared_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -146,7 +184,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
                                        * cfg.accumulate_grad_batches * cfg.devices
                                        * cfg.num_nodes))
     trainer = build_trainer(cfg, logger, callbacks, bar)
-    trainer.fit(system, datamodule=data, ckpt_path=resume)
+    trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:
         logger.experiment.log_metric("train/time_s", round(system.train_seconds(), 1),
                                      plot=False)
