@@ -76,8 +76,8 @@ def test_text_that_is_not_a_finite_number_is_still_refused(raw, message):
     ({"diffusion": {"timesteps": 10}},
      "sample.steps = 50: must be <= diffusion.timesteps (10); lower sample.steps or raise "
      "diffusion.timesteps"),
-    ({"diffusion": {"timesteps": 20}, "sample": {"steps": 20}},
-     "sample.sweep_steps = [5, 10, 25]: must be <= diffusion.timesteps (20); lower "
+    ({"diffusion": {"timesteps": 15}, "sample": {"steps": 15}},
+     "sample.sweep_steps = [5, 10, 20]: must be <= diffusion.timesteps (15); lower "
      "sample.sweep_steps or raise diffusion.timesteps"),
 ])
 def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):

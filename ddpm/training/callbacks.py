@@ -12,7 +12,8 @@ from torchvision.utils import make_grid
 from PIL import Image
 
 from ddpm.config import SampleConfig
-from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
+from ddpm.diffusion.registry import sample_images
+from ddpm.diffusion.samplers import initial_noise, sample_generators
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -79,13 +80,12 @@ class SampleGrid(L.Callback):
 
     def _draw(self, pl_module, noise: torch.Tensor, generators) -> torch.Tensor:
         sample, schedule = self.sample, pl_module.schedule
-        common = dict(prediction=pl_module.diffusion.prediction, clip_x0=sample.clip_x0)
-        if sample.sampler == "ddpm":
-            return ddpm_sample(pl_module.ema_net, schedule, noise, generators,
-                               variance=sample.variance, **common).images
         steps = min(sample.steps, self.max_steps, schedule.timesteps)
-        return ddim_sample(pl_module.ema_net, schedule, noise, generators, steps=steps,
-                           eta=sample.eta, spacing=sample.spacing, **common).images
+        return sample_images(sample.sampler, pl_module.ema_net, schedule, noise, generators,
+                             steps=steps, eta=sample.eta, spacing=sample.spacing,
+                             solver_spacing=sample.solver_spacing, variance=sample.variance,
+                             clip_x0=sample.clip_x0,
+                             prediction=pl_module.diffusion.prediction).images
 
     def _log(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_step == self._last or not trainer.is_global_zero:
