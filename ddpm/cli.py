@@ -89,11 +89,12 @@ def compare(
     out: Path = typer.Option(Path("reports/experiments.md"), help="Markdown file to write."),
     repo: Path = typer.Option(Path("."), help="The DVC repository."),
     rev: str = typer.Option("", help="Baseline commit (default HEAD) whose experiments to show."),
+    prefix: str = typer.Option("", help="Only experiments whose names start with this."),
 ) -> None:
     """Table of all experiments (differing params, key metrics) + loss-per-timestep overlay."""
     from ddpm.compare import compare as compare_experiments
 
-    typer.echo(compare_experiments(repo, out, rev))
+    typer.echo(compare_experiments(repo, out, rev, prefix))
 
 
 if __name__ == "__main__":

@@ -131,18 +131,19 @@ def plot_overlay(curves: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(repo: str | Path, out_md: str | Path, rev: str = "") -> str:
+def compare(repo: str | Path, out_md: str | Path, rev: str = "", prefix: str = "") -> str:
     """Write the experiments table (markdown) and the overlay figure beside it.
 
     The experiments derived from HEAD, as `dvc exp show` lists them, or from the
-    commit `rev` (experiments run before the latest commits).
+    commit `rev` (experiments run before the latest commits); with `prefix`, only
+    those whose names start with it (one study among others).
     """
     repo, out_md = Path(repo), Path(out_md)
     command = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
     proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
-    rows = experiment_rows(json.loads(proc.stdout))
+    rows = [r for r in experiment_rows(json.loads(proc.stdout)) if r["name"].startswith(prefix)]
     if not rows:
         raise DdpmError(f"{repo}: no experiments yet; run `dvc exp run` first")
     out_md.parent.mkdir(parents=True, exist_ok=True)

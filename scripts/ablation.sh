@@ -3,7 +3,7 @@
 # `dvc exp run` per variant on real CelebA faces, then the comparison table.
 #
 #   FACES=/abs/path/to/faces bash scripts/ablation.sh       # queue and run (hours on 2 CPU cores)
-#   ddpm compare --rev <commit the experiments were queued on> --out reports/ablation.md
+#   ddpm compare --rev <commit the experiments were queued on> --prefix abl- --out reports/ablation.md
 #
 # Every run: 800 optimizer steps x batch 32 (25,600 images seen), 32 px, celeba crop,
 # the default 0.78 M-parameter UNet, 250 DDIM-50 (eta 0) samples from the EMA weights,
