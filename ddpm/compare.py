@@ -147,7 +147,7 @@ def compare(repo: str | Path, out_md: str | Path, rev: str = "", prefix: str = "
     if not rows:
         raise DdpmError(f"{repo}: no experiments yet; run `dvc exp run` first")
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    figure = out_md.with_name("timestep_loss_overlay.png")
+    figure = out_md.with_name(f"{out_md.stem}-timestep-loss.png")  # one per table
     curves = {r["name"]: c for r in rows if (c := curve_at(repo, r["rev"])) is not None}
     grids = copy_grids(repo, rows, out_md.with_name(out_md.stem + "-samples"))
     text = "# Experiments\n\n" + markdown_table(rows, grids)

@@ -140,7 +140,7 @@ def test_experiments_run_show_and_compare(project):
     table = (out / "experiments.md").read_text()
     assert "cosine" in table and "ddim20" in table and "diffusion.schedule" in table
     assert "fid" in table
-    assert (out / "timestep_loss_overlay.png").is_file()
+    assert (out / "experiments-timestep-loss.png").is_file()
     # Each experiment's grid of generated samples, linked from its row.
     assert (out / "experiments-samples" / "cosine.png").is_file()
     assert "experiments-samples/cosine.png" in table
