@@ -126,21 +126,21 @@ def test_changing_sample_steps_reruns_only_what_it_touches(project):
 
 
 def test_experiments_run_show_and_compare(project):
-    run(["dvc", "exp", "run", "-n", "cosine", "-S", "diffusion.schedule=cosine"], project,
+    run(["dvc", "exp", "run", "-n", "linear", "-S", "diffusion.schedule=linear"], project,
         timeout=900)
     run(["git", "checkout", "params.yaml"], project)   # the next experiment starts from main
     run(["dvc", "exp", "run", "-n", "ddim20", "-S", "sample.sampler=ddim", "-S",
          "sample.steps=20"], project, timeout=900)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(shown)
-    assert '"cosine"' in text and '"ddim20"' in text
+    assert '"linear"' in text and '"ddim20"' in text
     out = project / "compare"
     run([sys.executable, "-m", "ddpm.cli", "compare", "--out", str(out / "experiments.md")],
         project)
     table = (out / "experiments.md").read_text()
-    assert "cosine" in table and "ddim20" in table and "diffusion.schedule" in table
+    assert "linear" in table and "ddim20" in table and "diffusion.schedule" in table
     assert "fid" in table
     assert (out / "experiments-timestep-loss.png").is_file()
     # Each experiment's grid of generated samples, linked from its row.
-    assert (out / "experiments-samples" / "cosine.png").is_file()
-    assert "experiments-samples/cosine.png" in table
+    assert (out / "experiments-samples" / "linear.png").is_file()
+    assert "experiments-samples/linear.png" in table
