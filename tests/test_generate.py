@@ -161,3 +161,20 @@ def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
     assert shards(two) == shards(reference)
+
+
+@pytest.mark.slow
+def test_two_generate_runs_into_one_folder_at_once_end_with_the_bytes_of_one(model_dir,
+                                                                              tmp_path):
+    # Every file is written under its own temporary name and renamed, so two runs at
+    # once never write into the same file: the folder ends as one run leaves it.
+    generate(model_dir, tmp_path / "one", SAMPLE, progress=False)
+    both = [run_stage(tmp_path, model_dir, tmp_path / "both") for _ in range(2)]
+    for proc in both:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+    assert shards(tmp_path / "both") == shards(tmp_path / "one")
+    hashes = sorted(p.name for p in (tmp_path / "both").glob("*.sha256"))
+    assert [(tmp_path / "both" / h).read_bytes() for h in hashes] == \
+        [(tmp_path / "one" / h).read_bytes() for h in hashes]
+    assert not list((tmp_path / "both").glob("*.tmp"))

@@ -144,3 +144,14 @@ def test_experiments_run_show_and_compare(project):
     # Each experiment's grid of generated samples, linked from its row.
     assert (out / "experiments-samples" / "linear.png").is_file()
     assert "experiments-samples/linear.png" in table
+
+
+def test_a_second_repro_while_one_runs_stops_at_dvcs_lock_and_changes_nothing(project):
+    from dvc.repo import Repo
+
+    before = (project / "models" / "ema.safetensors").read_bytes()
+    with Repo(str(project)).lock:                        # what a running `dvc repro` holds
+        proc = subprocess.run(["dvc", "repro", "-f", "train"], cwd=project,
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Unable to acquire lock" in proc.stdout + proc.stderr
+    assert (project / "models" / "ema.safetensors").read_bytes() == before
