@@ -7,7 +7,8 @@ On a tiny pipeline (demo faces at 16 px, a two-level UNet, 60 training steps,
 
 1. prepares the data and makes a reference: train and generate, uninterrupted;
 2. train rounds: from scratch, run the train stage and SIGKILL it after a
-   random delay (uniform over the reference run's duration), then start it
+   random delay (uniform over the reference run's duration, or over the last
+   uninterrupted run's if the shared CPU has got faster), then start it
    again, as `dvc repro` would (removing models/, which DVC deletes before it
    runs the stage; state/train persists), until a run finishes; then compare
    models/ with the reference byte for byte. Rounds repeat until --kills kills;
@@ -104,12 +105,19 @@ def progress(name: str, run: Path) -> str:
 
 
 def chaos_round(name: str, work: Path, run: Path, rng: random.Random, duration: float,
-                kills: list, wanted: int) -> None:
-    """From scratch: start the stage, kill it after a random delay, repeat until a run ends."""
+                kills: list, wanted: int) -> float:
+    """From scratch: start the stage, kill it after a random delay, repeat until a run ends.
+
+    Returns the duration to draw the next delays over: this round's first run's
+    wall time if it finished before its kill (the shared CPU got faster, and
+    delays past the end of a run kill nothing), else `duration` unchanged.
+    """
     shutil.rmtree(run, ignore_errors=True)
+    first = True
     while True:
         if name == "train":
             shutil.rmtree(run / "models", ignore_errors=True)  # DVC removes it before the stage
+        begin = time.perf_counter()
         proc = start(stage(name, work, run))
         delay = rng.uniform(0, duration) if len(kills) < wanted else None
         if delay is not None:
@@ -121,9 +129,10 @@ def chaos_round(name: str, work: Path, run: Path, rng: random.Random, duration: 
                 kills.append(delay)
                 print(f"  {name} kill {len(kills)}: after {delay:.2f} s, {progress(name, run)}",
                       flush=True)
+                first = False
                 continue
         finish(proc, f"{name} after {len(kills)} kill(s)")
-        return
+        return time.perf_counter() - begin if first and delay is not None else duration
 
 
 def chaos(name: str, work: Path, rng: random.Random, duration: float, wanted: int) -> tuple:
@@ -134,7 +143,7 @@ def chaos(name: str, work: Path, rng: random.Random, duration: float, wanted: in
     while len(kills) < wanted:
         rounds += 1
         before = len(kills)
-        chaos_round(name, work, work / "chaos", rng, duration, kills, wanted)
+        duration = chaos_round(name, work, work / "chaos", rng, duration, kills, wanted)
         got = outputs(name, work / "chaos")
         bad = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
         compared, differ = compared + len(reference), differ + len(bad)
