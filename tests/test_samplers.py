@@ -575,6 +575,7 @@ def test_ddim_equals_diffusers_ddim_scheduler(network, name, spacing, diffusers_
     assert within(delta, x)
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers'
 @pytest.mark.parametrize("scheduler", ["dpm_solver_pp_scheduler", "unipc_scheduler"])
 @pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
