@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 python scripts/chaos.py --kills 10 --seed 0
 
-On a tiny pipeline (demo faces at 16 px, a two-level UNet, 60 training steps,
-32 samples in 8 shards) this:
+On a tiny pipeline (demo faces at 16 px, a two-level UNet, 300 training steps,
+384 samples (DDIM, 25 steps) in 24 shards) this:
 
 1. prepares the data and makes a reference: train and generate, uninterrupted;
 2. train rounds: from scratch, run the train stage and SIGKILL it after a
@@ -47,10 +47,10 @@ PARAMS = {
               "mid_channel_indices": [[1, 1]], "up_attn": [False],
               "up_channel_indices": [[1, 0]], "num_res_blocks": 1, "num_heads": 2,
               "norm_groups": 4},
-    "train": {"max_steps": 60, "batch_size": 8, "num_workers": 0, "val_every": 20,
-              "val_images": 8, "sample_every": 30, "checkpoint_every": 5, "warmup_steps": 5,
+    "train": {"max_steps": 300, "batch_size": 8, "num_workers": 0, "val_every": 50,
+              "val_images": 8, "sample_every": 100, "checkpoint_every": 10, "warmup_steps": 5,
               "accelerator": "cpu"},
-    "sample": {"n": 32, "shard_size": 4, "batch_size": 4, "steps": 10, "accelerator": "cpu",
+    "sample": {"n": 384, "shard_size": 16, "batch_size": 16, "steps": 25, "accelerator": "cpu",
                "sweep_steps": [5]},
 }
 
