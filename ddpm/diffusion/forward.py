@@ -86,8 +86,7 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: str,
     the same weighting of x0 errors whatever the network predicts.
     """
     check_prediction(prediction)
-    alpha_bar = schedule.alphas_cumprod[t.cpu()]                   # float64 [B]
-    snr = alpha_bar / (1 - alpha_bar)
+    snr = schedule.log_snr(t.cpu()).exp()                          # float64 [B]
     clipped = snr.clamp(max=gamma)
     weight = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[prediction]
     return weight.to(device=t.device, dtype=torch.float32)
