@@ -47,6 +47,8 @@ class DataConfig:
     shard_size: int = _bounded(4096, ge=1)
     workers: int = _bounded(0, ge=0)
     image_column: str = ""
+    identity_file: str = ""
+    partition_file: str = ""
 
 
 @dataclass(frozen=True)

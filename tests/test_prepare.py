@@ -437,7 +437,10 @@ def test_real_celeba_faces_prepare_completely(tmp_path):
     manifest = prepare_dataset(data, 64, tmp_path / "out", progress=False)
     n_files = len(list(FACES.glob("*.jpg")))
     assert manifest["skipped"] == []
-    assert sum(manifest["counts"].values()) == n_files
+    # The sample holds one file twice (186574.jpg = 197961.jpg, found by this check).
+    assert sum(manifest["counts"].values()) + len(manifest["duplicates"]) == n_files
+    for dup in manifest["duplicates"]:
+        assert (FACES / dup["key"]).read_bytes() == (FACES / dup["same_bytes_as"]).read_bytes()
     assert 0.05 < manifest["counts"]["holdout"] / n_files < 0.15
     first = next(iter(read_split(tmp_path / "out", "train").values()))
     assert Image.open(io.BytesIO(first)).size == (64, 64)

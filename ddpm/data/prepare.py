@@ -8,8 +8,11 @@ Output layout (`out_dir`):
 Guarantees:
 - Same input and settings → byte-identical output (fixed order, deterministic
   PNG and Parquet encoding, no timestamps).
-- Split membership depends only on an image's key, so adding images never moves
-  existing ones between train and holdout.
+- Split membership depends only on an image's key (or its person, or an official
+  list: ddpm/data/splits.py), so adding images never moves existing ones between
+  train and holdout.
+- Identical files (same bytes) are kept once, before the split, so no copy of a
+  training image can sit in the holdout; the others are listed as duplicates.
 - Bounded memory: items stream through a worker pool with a fixed number in flight.
 - All or nothing: everything is written to a temporary sibling folder that
   replaces `out_dir` only when the run succeeds.
@@ -35,6 +38,7 @@ from tqdm import tqdm
 
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
+from ddpm.data.splits import Splitter, in_holdout  # noqa: F401 (in_holdout: public here too)
 from ddpm.config import DataConfig
 from ddpm.errors import DataError
 
@@ -43,12 +47,6 @@ SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary())])
 # Items in flight per worker: enough to keep workers busy, few enough that a
 # source of large in-memory payloads (zip, Parquet) stays bounded.
 IN_FLIGHT_PER_WORKER = 64
-
-
-def in_holdout(key: str, holdout_fraction: float) -> bool:
-    """Whether `key` belongs to the holdout split: a fixed hash of the key, not its position."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < holdout_fraction
 
 
 # ------------------------------------------------------------------ workers
@@ -60,17 +58,25 @@ def _init_worker(crop: str, img_size: int, min_size: int) -> None:
     _SETTINGS.update(crop=crop, img_size=img_size, min_size=min_size)
 
 
-def _process(item: SourceItem) -> tuple[str, bytes | None, str | None]:
-    """(key, png, None) for a usable image, (key, None, reason) otherwise."""
+def content_digest(data) -> str:
+    """sha256 of an item's bytes (a drawn image: of its mode, size and pixels)."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    header = f"{data.mode} {data.size}".encode()
+    return hashlib.sha256(header + data.tobytes()).hexdigest()
+
+
+def _process(item: SourceItem) -> tuple[str, bytes | None, str | None, str | None]:
+    """(key, png, None, digest) for a usable image, (key, None, reason, None) otherwise."""
     if isinstance(item, Refused):
-        return item.key, None, item.reason
+        return item.key, None, item.reason, None
     try:
         data = item.payload() if callable(item.payload) else item.payload
-        return item.key, prepare_image(data, **_SETTINGS), None
+        return item.key, prepare_image(data, **_SETTINGS), None, content_digest(data)
     except UnusableImage as err:
-        return item.key, None, str(err)
+        return item.key, None, str(err), None
     except OSError as err:
-        return item.key, None, f"unreadable ({err.strerror or err})"
+        return item.key, None, f"unreadable ({err.strerror or err})", None
 
 
 def _bounded(items: Iterable, slots: threading.Semaphore) -> Iterator:
@@ -163,17 +169,23 @@ def prepare_dataset(data: DataConfig, img_size: int, out_dir: str | Path, *,
 def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, workers: int,
                   progress: bool) -> dict:
     writers = {split: ShardWriter(staging, split, data.shard_size) for split in SPLITS}
-    skipped = []
+    splitter = Splitter(data)
+    skipped, duplicates, first_key = [], [], {}
     settings = (data.crop, img_size, data.min_size)
     bar = tqdm(total=opened.count, desc=f"prepare {opened.kind}", unit="img",
                disable=not progress, dynamic_ncols=True)
     with bar:
-        for key, png, reason in _processed(opened.items(), workers, settings):
+        for key, png, reason, digest in _processed(opened.items(), workers, settings):
             bar.update()
-            if png is None:
+            if png is not None and digest in first_key:  # source order: the first copy stays
+                duplicates.append({"key": key, "same_bytes_as": first_key[digest]})
+                continue
+            if png is not None:
+                first_key[digest] = key
+                split, reason = splitter.split(key)
+            if reason is not None:
                 skipped.append({"key": key, "reason": reason})
                 continue
-            split = "holdout" if in_holdout(key, data.holdout_fraction) else "train"
             writers[split].add(key, png)
     for writer in writers.values():
         writer.flush()
@@ -190,15 +202,25 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
         "crop": data.crop,
         "img_size": img_size,
         "holdout_fraction": data.holdout_fraction,
+        "split_rule": splitter.rule,
+        "split_files": split_file_hashes(data),
         "format": "Parquet shards; columns key (string), image (PNG bytes, RGB, img_size²)",
         "counts": {split: writers[split].count for split in SPLITS},
         "shards": {split: writers[split].shards for split in SPLITS},
         "split_sha256": {split: writers[split].sha256.hexdigest() for split in SPLITS},
         "content_sha256": content.hexdigest(),
         "skipped": skipped,
+        "duplicates": duplicates,
     }
     _write_json(staging / "manifest.json", manifest)
     return manifest
+
+
+def split_file_hashes(data: DataConfig) -> dict[str, str]:
+    """sha256 of the identity/partition list in use, so a changed list changes the manifest."""
+    files = {"identity_file": data.identity_file, "partition_file": data.partition_file}
+    return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            for name, path in files.items() if path}
 
 
 def summary(manifest: dict, out_dir: str | Path, max_listed: int = 50) -> str:
@@ -206,6 +228,13 @@ def summary(manifest: dict, out_dir: str | Path, max_listed: int = 50) -> str:
     counts = manifest["counts"]
     lines = [f"prepared {counts['train']} train + {counts['holdout']} holdout images "
              f"({manifest['img_size']}px, crop={manifest['crop']}) into {out_dir}"]
+    duplicates = manifest.get("duplicates", [])
+    if duplicates:
+        lines.append(f"kept {len(duplicates)} identical file(s) once (same bytes):")
+        lines += [f"  {d['key']} = {d['same_bytes_as']}" for d in duplicates[:max_listed]]
+        if len(duplicates) > max_listed:
+            lines.append(f"  ... and {len(duplicates) - max_listed} more, all listed in "
+                         f"{Path(out_dir) / 'manifest.json'}")
     skipped = manifest["skipped"]
     if skipped:
         lines.append(f"skipped {len(skipped)} file(s):")
