@@ -101,11 +101,18 @@ def test_loader_resumed_after_an_epochs_last_batch_starts_the_next_epoch():
 def test_checkpoint_with_other_params_is_set_aside_with_a_reason(tmp_path, capsys):
     state = tmp_path / "state"
     state.mkdir()
-    old = fingerprint(tiny.params(train={"lr": 1e-3}), "abc")
-    new = fingerprint(tiny.params(train={"lr": 2e-4, "max_steps": 999}), "abc")
+    constant = {"lr_schedule": "constant"}
+    old = fingerprint(tiny.params(train={"lr": 1e-3, **constant}), "abc")
+    new = fingerprint(tiny.params(train={"lr": 2e-4, "max_steps": 999, **constant}), "abc")
     torch.save({"ddpm_fingerprint": old, "global_step": 5}, state / CHECKPOINT)
     assert resume_path(state, old) == state / CHECKPOINT      # same params: resumable
-    assert fingerprint(tiny.params(train={"lr": 1e-3, "max_steps": 999}), "abc") == old
+    # A constant learning rate: more steps continue the run ...
+    assert fingerprint(tiny.params(train={"lr": 1e-3, "max_steps": 999, **constant}),
+                       "abc") == old
+    # ... a cosine one is a function of max_steps, so more steps are another run.
+    cosine = {"lr": 1e-3, "lr_schedule": "cosine"}
+    assert (fingerprint(tiny.params(train={**cosine, "max_steps": 999}), "abc")
+            != fingerprint(tiny.params(train=cosine), "abc"))
     assert resume_path(state, new) is None
     out = capsys.readouterr().out
     assert "set aside" in out and "train.lr 0.001 -> 0.0002" in out

@@ -4,8 +4,9 @@ Resuming: a full checkpoint lives at `state_dir/last.ckpt`. When the train
 step starts and finds one made with the same fingerprint (every param that
 changes the training trajectory, the data's content hash and the training
 code's hash), it continues
-from it; `max_steps` is not part of the fingerprint, so raising it continues a
-finished run. A checkpoint with another fingerprint is set aside (renamed, never
+from it; `max_steps` is not part of the fingerprint under a constant learning
+rate, so raising it continues a finished run (under the cosine schedule the
+whole learning-rate curve depends on it, so changing it starts afresh). A checkpoint with another fingerprint is set aside (renamed, never
 deleted) with one line saying which params differ.
 """
 
@@ -67,7 +68,10 @@ def code_sha256() -> str:
 
 
 def fingerprint(params: Params, data_sha256: str) -> dict:
-    train = {k: v for k, v in to_dict(params.train).items() if k not in NOT_FINGERPRINTED}
+    # The cosine learning rate at every step depends on max_steps: a run resumed with
+    # another max_steps would not be the run it claims to continue.
+    free = NOT_FINGERPRINTED - ({"max_steps"} if params.train.lr_schedule == "cosine" else set())
+    train = {k: v for k, v in to_dict(params.train).items() if k not in free}
     return {"model": to_dict(params.model), "diffusion": to_dict(params.diffusion),
             "train": train, "data_sha256": data_sha256, "code_sha256": code_sha256()}
 
