@@ -46,7 +46,9 @@ class ResumeCheckpoint(L.Callback):
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # collective: every rank calls, rank 0 writes
+        # Collective: every rank calls, rank 0 writes. weights_only=False here means a
+        # full checkpoint (optimizer, loops), saved; loading is always weights_only=True.
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._last_saved = trainer.global_step
