@@ -46,9 +46,7 @@ class ResumeCheckpoint(L.Callback):
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Collective: every rank calls, rank 0 writes. weights_only=False here means a
-        # full checkpoint (optimizer, loops), saved; loading is always weights_only=True.
-        trainer.save_checkpoint(tmp, weights_only=False)
+        trainer.save_checkpoint(tmp)  # collective: every rank calls, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._last_saved = trainer.global_step
