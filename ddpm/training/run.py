@@ -46,6 +46,10 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
                         category=FutureWarning)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.getMessage()).startswith("💡 Tip"))
+# Said when a full checkpoint (optimizer, loops) is SAVED, not loaded: reads like a
+# security warning next to our weights_only=True loads, and asks nothing of the user.
+logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
+    lambda record: "was not set, defaulting to" not in str(record.getMessage()))
 # Keys that do not change what is learned: changing them keeps a checkpoint resumable.
 NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
                      "checkpoint_every", "num_workers"}
