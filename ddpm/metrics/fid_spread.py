@@ -57,4 +57,4 @@ def fid_blocks(features: np.ndarray, mu_r: np.ndarray, sigma_r: np.ndarray, k: i
     root, trace = psd_sqrt(sigma_r), float(np.trace(sigma_r))
     values = [frechet_to_reference(features[s], mu_r, root, trace) for s in block_slices(n, k)]
     return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "k": k,
-            "block_n": n // k, "values": [round(v, 4) for v in values]}
+            "block_n": n // k, "values": values}

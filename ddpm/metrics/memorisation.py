@@ -48,8 +48,8 @@ def nearest_pixel(query: np.ndarray, train: np.ndarray, device="cpu"):
     if query.shape[1:] != train.shape[1:]:
         raise DdpmError(f"memorisation: generated images are {query.shape[1:3]} px but training "
                         f"images {train.shape[1:3]} px; pixel distances need the same size")
-    def flat(x):
-        return torch.as_tensor(x, device=device).reshape(len(x), -1).float() / 255
+    def flat(x):  # float64: in float32, cdist's |a|² + |b|² − 2ab leaves ~3e-4 for a copy
+        return torch.as_tensor(x, device=device).reshape(len(x), -1).double() / 255
     scale = np.sqrt(query[0].size)
     return _nearest(flat(query), flat(train), lambda a, b: torch.cdist(a, b) / scale)
 
