@@ -28,7 +28,7 @@ from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       weights_info)
 from ddpm.generation import iter_shards, run_sampler
 from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features
-from ddpm.metrics.sample_scores import sample_metrics
+from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.training.callbacks import to_uint8
 from ddpm.training.data import PreparedImages, read_manifest
 from ddpm.weights import load_model
@@ -102,7 +102,7 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
     sample metrics (`sample_metrics`) → metrics JSON (+ memorisation figures)."""
     samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
     samples = json.loads((samples_dir / "manifest.json").read_text())
-    reference = json.loads(ref_npz.with_suffix(".json").read_text())
+    reference, _ = check_inputs(ref_npz, samples["n"], fid)  # fail before Inception runs
     features = _features(iter_shards(samples_dir), samples["n"], fid.weights, fid.batch_size,
                          device, "FID generated")
     fid_value = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))

@@ -215,3 +215,13 @@ def test_compare_table_shows_the_new_metrics_with_their_spread(scored):
     assert f"{metrics['kid.mean']:.4g} ± {metrics['kid.std']:.4g}" in a
     assert f"{metrics['fid_blocks.mean']:.4g} ± {metrics['fid_blocks.sd']:.4g}" in a
     assert table.splitlines()[3].count("–") == 6    # b has only the full-N FID
+
+
+def test_bad_sample_counts_stop_in_one_line_before_inception_runs(scored):
+    from ddpm.errors import DdpmError
+    from ddpm.metrics.sample_scores import check_inputs
+
+    root, _, _ = scored
+    check_inputs(root / "fid_ref/stats.npz", 8, FidConfig(splits=4))   # 4 blocks of 2: fine
+    with pytest.raises(DdpmError, match="fid.splits = 4: 7 samples give blocks of 1"):
+        check_inputs(root / "fid_ref/stats.npz", 7, FidConfig(splits=4))

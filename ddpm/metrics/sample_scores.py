@@ -40,15 +40,33 @@ def real_pixels(prepared_dir: Path, reference: dict, real: dict) -> dict[str, np
     return pixels
 
 
-def sample_metrics(features: np.ndarray, pixels: np.ndarray, ref_npz: Path,
-                   prepared_dir: Path, figures_dir: Path, fid: FidConfig, device) -> dict:
-    """FID over blocks, KID, precision/recall and the memorisation check → metrics groups;
-    the memorisation figures and per-sample nearest neighbours → `figures_dir`."""
+def check_inputs(ref_npz: Path, n_generated: int, fid: FidConfig) -> tuple[dict, dict]:
+    """(reference meta, real features), or one DdpmError before any Inception work."""
     reference = json.loads(ref_npz.with_suffix(".json").read_text())
     if "splits" not in reference:
         raise DdpmError(f"{ref_npz}: made before KID and memorisation existed; rerun the "
                         "fid_ref stage (dvc repro -f fid_ref)")
     real = load_real_features(features_path(ref_npz))
+    if n_generated // fid.splits < 2:
+        raise DdpmError(f"fid.splits = {fid.splits}: {n_generated} samples give blocks of "
+                        f"{n_generated // fid.splits}; need at least 2 per block (lower "
+                        "fid.splits or raise sample.n)")
+    smallest = min(n_generated, len(real[reference["split"]]))
+    if smallest <= PR_K:
+        raise DdpmError(f"precision/recall needs more than {PR_K} generated and reference "
+                        f"images; {smallest} is too few")
+    if len(real["holdout"]) < 2 or len(real["train"]) < 1:
+        raise DdpmError(f"memorisation: needs training images and at least 2 holdout images "
+                        f"(the baseline), got {len(real['train'])} and {len(real['holdout'])}; "
+                        "raise data.holdout_fraction")
+    return reference, real
+
+
+def sample_metrics(features: np.ndarray, pixels: np.ndarray, ref_npz: Path,
+                   prepared_dir: Path, figures_dir: Path, fid: FidConfig, device) -> dict:
+    """FID over blocks, KID, precision/recall and the memorisation check → metrics groups;
+    the memorisation figures and per-sample nearest neighbours → `figures_dir`."""
+    reference, real = check_inputs(ref_npz, len(features), fid)
     ref_features = real[reference["split"]]
     train_pixels = real_pixels(prepared_dir, reference, real)
     blocks = fid_blocks(features, *load_statistics(ref_npz), fid.splits)
