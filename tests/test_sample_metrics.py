@@ -10,7 +10,6 @@ image on one busy CPU core, so the sets are small and computed once per module.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
