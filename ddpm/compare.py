@@ -20,9 +20,13 @@ from ddpm.analysis import save_figure
 from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
 
-KEY_METRICS = ("fid", "val.eps_mse", "val.loss", "train.loss", "timestep_loss.loss_q1",
+KEY_METRICS = ("fid", "fid_blocks.mean", "kid.mean", "precision_recall.precision",
+               "precision_recall.recall", "memorisation.fraction_cosine", "n_generated",
+               "val.eps_mse", "val.loss", "train.loss", "timestep_loss.loss_q1",
                "timestep_loss.loss_q2", "timestep_loss.loss_q3", "timestep_loss.loss_q4",
                "train.images_per_s", "train.time_s")
+# Metrics shown as "mean ± spread" in one cell: the spread's key beside each mean's.
+SPREAD = {"fid_blocks.mean": "fid_blocks.sd", "kid.mean": "kid.std"}
 CURVE = "analysis/timestep_loss.csv"
 GRID = "reports/figures/samples.png"  # the report's grid of generated samples
 
@@ -71,17 +75,24 @@ def _cell(value) -> str:
     return "–" if value is None else str(value).replace("|", "/")
 
 
+def _metric_cell(metrics: dict, key: str) -> str:
+    cell = _cell(metrics.get(key))
+    spread = metrics.get(SPREAD.get(key, ""))
+    return f"{cell} ± {_cell(spread)}" if key in metrics and spread is not None else cell
+
+
 def markdown_table(rows: list[dict], grids: dict[str, str] | None = None) -> str:
     """One row per experiment; `grids` maps names to image paths for a samples column."""
     keys = sorted({k for r in rows for k in r["params"]})
     differing = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
     metrics = [m for m in KEY_METRICS if any(m in r["metrics"] for r in rows)]
-    header = ["experiment", "rev"] + [f"`{k}`" for k in differing] + metrics
+    header = ["experiment", "rev"] + [f"`{k}`" for k in differing]
+    header += [f"{m} ± {SPREAD[m].rsplit('.', 1)[1]}" if m in SPREAD else m for m in metrics]
     header += ["samples"] if grids else []
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         cells = [r["name"], r["rev"][:7]] + [_cell(r["params"].get(k)) for k in differing]
-        cells += [_cell(r["metrics"].get(m)) for m in metrics]
+        cells += [_metric_cell(r["metrics"], m) for m in metrics]
         if grids:
             grid = grids.get(r["name"])
             cells.append(f'<img src="{grid}" width="128">' if grid else "–")

@@ -139,6 +139,10 @@ class FidConfig:
     ref_split: Literal["train", "holdout"] = "train"
     batch_size: int = _bounded(50, ge=1)
     weights: str = ""
+    splits: int = _bounded(4, ge=2)             # FID of this many disjoint sample blocks: ± sd
+    kid_subsets: int = _bounded(100, ge=1)      # KID: random subsets averaged (± std over them)
+    kid_subset_size: int = _bounded(100, ge=2)  # KID: images per subset, capped at each side's N
+    max_real: int = _bounded(10000, ge=2)       # real features kept per split (KID, P/R, memorisation)
 
 
 @dataclass(frozen=True)

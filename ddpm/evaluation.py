@@ -3,6 +3,8 @@
 The network, preprocessing and Fréchet distance are pytorch-fid's (`ddpm.fid`);
 this module only feeds them: real images straight from the prepared PNG shards,
 generated images straight from the uint8 sample shards (no PNG round trip).
+The same features feed the other metrics (`ddpm.metrics`): KID, the FID spread
+over blocks, precision/recall and the memorisation check.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from tqdm import tqdm
 
 from ddpm.analysis import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
-from ddpm.config import SampleConfig
+from ddpm.config import FidConfig, SampleConfig
 from ddpm.diffusion.registry import get_sampler, sampler_nfe
 from ddpm.errors import ConfigError
 from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       load_inception, load_statistics, resolve_weights, save_statistics,
                       weights_info)
 from ddpm.generation import iter_shards, run_sampler
+from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features
+from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.training.callbacks import to_uint8
 from ddpm.training.data import PreparedImages, read_manifest
 from ddpm.weights import load_model
@@ -45,10 +49,12 @@ def rebatch(arrays: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarra
         yield np.concatenate(pending)
 
 
-def prepared_arrays(prepared_dir: Path, split: str) -> Iterator[np.ndarray]:
+def prepared_arrays(prepared_dir: Path, split: str,
+                    indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """The images of `split` (or those at `indices`), one at a time as uint8 [1, H, W, 3]."""
     images = PreparedImages(prepared_dir, split)
-    for i in range(len(images)):
-        yield images[i].permute(1, 2, 0).numpy()[None]  # [1, H, W, 3] uint8
+    for i in (range(len(images)) if indices is None else indices):
+        yield images[int(i)].permute(1, 2, 0).numpy()[None]
 
 
 def _features(arrays, count: int, weights: str, batch_size: int, device, desc: str):
@@ -58,40 +64,62 @@ def _features(arrays, count: int, weights: str, batch_size: int, device, desc: s
 
 
 def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split: str,
-                         weights: str, batch_size: int, device="cpu") -> dict:
-    """μ, Σ of the real images of `split` → `out_npz` (+ `.json` with count, data hash)."""
+                         weights: str, batch_size: int, max_real: int = 10000,
+                         device="cpu") -> dict:
+    """μ, Σ of the real images of `split` → `out_npz` (+ `.json` with count, data hash),
+    and features of up to `max_real` images of each split → `features.npz` beside it.
+    """
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
-    count = manifest["counts"][split]
-    features = _features(prepared_arrays(prepared_dir, split), count, weights, batch_size,
-                         device, f"FID reference ({split})")
-    mu, sigma = feature_statistics(features)
-    meta = {"n": count, "split": split, "data_sha256": manifest["split_sha256"][split],
-            "img_size": manifest["img_size"],
+    kept, indices, splits = {}, {}, {}
+    for name in SPLITS:  # the reference split first: its features give μ, Σ too
+        count = manifest["counts"][name]
+        indices[name] = kept_indices(count, max_real)
+        if name == split:
+            every = _features(prepared_arrays(prepared_dir, name), count, weights, batch_size,
+                              device, f"FID reference ({name})")
+            mu, sigma = feature_statistics(every)
+            kept[name] = every[indices[name]]
+        else:
+            kept[name] = _features(prepared_arrays(prepared_dir, name, indices[name]),
+                                   len(indices[name]), weights, batch_size, device,
+                                   f"real features ({name})")
+        splits[name] = {"n": count, "kept": len(indices[name]),
+                        "data_sha256": manifest["split_sha256"][name]}
+    meta = {"n": manifest["counts"][split], "split": split,
+            "data_sha256": manifest["split_sha256"][split], "img_size": manifest["img_size"],
+            "max_real": max_real, "splits": splits,
             "inception": weights_info(resolve_weights(weights))}
-    save_statistics(out_npz, mu, sigma, meta)
+    save_real_features(features_path(out_npz), kept, indices)
+    save_statistics(out_npz, mu, sigma, meta)  # last: its .json marks a complete reference
     return meta
 
 
 def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
-                  weights: str, batch_size: int, device="cpu") -> dict:
-    """FID of the generated shards against the reference statistics → metrics JSON."""
+                  fid: FidConfig, prepared_dir: str | Path, figures_dir: str | Path,
+                  device="cpu") -> dict:
+    """FID of the generated shards against the reference statistics, and the other
+    sample metrics (`sample_metrics`) → metrics JSON (+ memorisation figures)."""
     samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
     samples = json.loads((samples_dir / "manifest.json").read_text())
-    reference = json.loads(ref_npz.with_suffix(".json").read_text())
-    features = _features(iter_shards(samples_dir), samples["n"], weights, batch_size, device,
-                         "FID generated")
-    fid = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
-    inception = weights_info(resolve_weights(weights))
+    reference, _ = check_inputs(ref_npz, samples["n"], fid)  # fail before Inception runs
+    features = _features(iter_shards(samples_dir), samples["n"], fid.weights, fid.batch_size,
+                         device, "FID generated")
+    fid_value = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
+    pixels = np.concatenate(list(iter_shards(samples_dir)))
+    more = sample_metrics(features, pixels, ref_npz, Path(prepared_dir), Path(figures_dir),
+                          fid, device)
+    inception = weights_info(resolve_weights(fid.weights))
     sample = samples["sample"]
     reads = set(get_sampler(sample["sampler"]).options.values())  # settings it uses
-    metrics = {"fid": round(fid, 4), "n_generated": samples["n"], "n_reference": reference["n"],
+    metrics = {"fid": round(fid_value, 4), "n_generated": samples["n"],
+               "n_reference": reference["n"],
                "reference_split": reference["split"], "sampler": sample["sampler"],
                "steps": sample["steps"] if "steps" in reads else None,
                "eta": sample["eta"] if "eta" in reads else None,
                "nfe": samples.get("nfe"),
                "use_ema": sample["use_ema"], "inception_official": inception["official"],
-               "inception_sha256": inception["sha256"]}
+               "inception_sha256": inception["sha256"], **more}
     write_json_atomically(out_json, metrics)
     return metrics
 

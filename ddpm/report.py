@@ -29,6 +29,7 @@ class RunOutputs:
     fid: Path
     analysis: Path
     sweep: Path | None = None
+    memorisation: Path | None = None
 
 
 def _read_json(path: Path) -> dict:
@@ -53,6 +54,11 @@ def fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return str(value)
+
+
+def pm(mean, spread) -> str:
+    """"mean ± spread", or a dash when the mean is missing."""
+    return "–" if mean is None else f"{fmt(mean)} ± {fmt(spread)}"
 
 
 def plot_training_curves(live: Path, path: Path) -> bool:
@@ -109,6 +115,33 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
              f"{fid.get('eta')}, {'EMA' if fid.get('use_ema') else 'raw'} weights"),
             ("Inception weights", weights),
         ]
+        rows += _sample_metric_rows(fid)
+    return rows
+
+
+def _sample_metric_rows(fid: dict) -> list[tuple[str, str]]:
+    """FID spread, KID, precision/recall and memorisation, each with its N (and ±)."""
+    rows = []
+    if blocks := fid.get("fid_blocks"):
+        rows.append((f"FID spread: {blocks['k']} disjoint blocks of {blocks['block_n']} "
+                     "samples (mean ± sd; biased up at small N, compare equal block sizes)",
+                     pm(blocks["mean"], blocks["sd"])))
+    if kid := fid.get("kid"):
+        rows.append((f"KID ({kid['subsets']} subsets of {kid['subset_size']}; "
+                     f"{kid['n_generated']} generated vs {kid['n_reference']} real; mean ± std)",
+                     f"**{pm(kid['mean'], kid['std'])}**"))
+    if pr := fid.get("precision_recall"):
+        counts = f"k = {pr['k']}; {pr['n_generated']} generated vs {pr['n_reference']} real"
+        rows += [(f"precision / recall ({counts})",
+                  f"**{fmt(pr['precision'])}** / **{fmt(pr['recall'])}**"),
+                 (f"density / coverage ({counts})",
+                  f"{fmt(pr['density'])} / {fmt(pr['coverage'])}")]
+    if mem := fid.get("memorisation"):
+        rows.append((f"memorised fraction: generated images at or below the "
+                     f"{mem['percentile']:g}st percentile of holdout→train distances "
+                     f"({mem['n_generated']} generated, {mem['n_holdout']} holdout, "
+                     f"{mem['n_train']} train; Inception cosine / RMS pixel)",
+                     f"**{fmt(mem['fraction_cosine'])}** / {fmt(mem['fraction_pixel'])}"))
     return rows
 
 
@@ -137,6 +170,19 @@ def _sweep_table(csv: Path) -> list[str]:
                  row.get("eta", ""), fmt(float(row["fid"]))]
         lines.append("| " + " | ".join("–" if c == "" else str(c) for c in cells) + " |")
     return lines + [""]
+
+
+def _memorisation_section(folder: Path, figures: Path) -> list[str]:
+    lines = ["## Memorisation", "",
+             "Distance from each generated image to its nearest training image, against the "
+             "same for holdout images that were never trained on; the dashed line is the "
+             "threshold below which a generated image counts as memorised:", ""]
+    lines += _figure(folder / "distances.png", figures, "memorisation_distances.png",
+                     "nearest-training-image distances, generated and holdout")
+    lines += ["The 16 generated images closest to a training image (Inception cosine "
+              "distance), each followed by that training image, closest first:", ""]
+    return lines + _figure(folder / "closest_pairs.png", figures, "closest_pairs.png",
+                           "closest generated-training pairs")
 
 
 def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
@@ -184,6 +230,8 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
         lines += _table([(k, fmt(v)) for k, v in quarters.items()],
                         ("mean loss by quarter of t (q1 = least noise)", "per-pixel MSE"))
         lines += [""]
+    if outputs.memorisation is not None:
+        lines += _memorisation_section(outputs.memorisation, figures)
     if outputs.sweep is not None and (outputs.sweep / "fid_vs_steps.png").is_file():
         lines += ["## FID against network evaluations", ""]
         lines += _figure(outputs.sweep / "fid_vs_steps.png", figures, "fid_vs_steps.png",

@@ -1,4 +1,5 @@
-"""DVC stage `fid`: FID of the generated samples against the cached reference statistics."""
+"""DVC stage `fid`: FID, its spread, KID, precision/recall and the memorisation check of
+the generated samples against the cached real-image reference."""
 
 from pathlib import Path
 
@@ -14,15 +15,21 @@ from ddpm.evaluation import score_samples
 def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
          samples: Path = typer.Option(Path("samples"), help="Generated samples folder."),
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
+         data: Path = typer.Option(Path("data/prepared"), help="Prepared data (real pixels)."),
+         figures: Path = typer.Option(Path("memorisation"), help="Memorisation figures."),
          out: Path = typer.Option(Path("metrics/fid.json"), help="Output metrics.")) -> None:
-    """Fréchet Inception distance of samples/ to the reference (pytorch-fid)."""
+    """Sample metrics of samples/ against the reference (pytorch-fid's FID and network)."""
     fid = load_params(params).fid
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = score_samples(samples, ref, out, weights=fid.weights, batch_size=fid.batch_size,
-                            device=device)
-    official = "" if metrics["inception_official"] else " (stand-in Inception weights)"
-    print(f"FID {metrics['fid']:.3f}{official}: {metrics['n_generated']} generated vs "
-          f"{metrics['n_reference']} reference images")
+    m = score_samples(samples, ref, out, fid=fid, prepared_dir=data, figures_dir=figures,
+                      device=device)
+    official = "" if m["inception_official"] else " (stand-in Inception weights)"
+    blocks, kid, pr = m["fid_blocks"], m["kid"], m["precision_recall"]
+    print(f"FID {m['fid']:.3f}{official}: {m['n_generated']} generated vs "
+          f"{m['n_reference']} reference images; {blocks['k']} blocks of {blocks['block_n']}: "
+          f"{blocks['mean']:.3f} ± {blocks['sd']:.3f}")
+    print(f"KID {kid['mean']:.5f} ± {kid['std']:.5f}; precision {pr['precision']:.3f}, "
+          f"recall {pr['recall']:.3f}; memorised {m['memorisation']['fraction_cosine']:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     outputs = RunOutputs(prepared=Path("data/prepared"), models=Path("models"),
                          live=Path("dvclive"), samples=Path("samples"),
                          fid=Path("metrics/fid.json"), analysis=Path("analysis"),
-                         sweep=Path("sweep"))
+                         sweep=Path("sweep"), memorisation=Path("memorisation"))
     out.parent.mkdir(parents=True, exist_ok=True)
     build_report(load_params(params), outputs, out)
     print(f"report: {out}")

@@ -25,8 +25,8 @@ from ddpm.report import fmt
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 # Top-level folders the pipeline writes: never copied from this checkout.
-PIPELINE_OUTPUTS = {"data", "models", "samples", "fid_ref", "metrics", "sweep", "analysis",
-                    "dvclive", "reports", "state"}
+PIPELINE_OUTPUTS = {"data", "models", "samples", "fid_ref", "metrics", "memorisation", "sweep",
+                    "analysis", "dvclive", "reports", "state"}
 
 TINY = tiny.raw_params(
     train={"max_steps": 120, "val_every": 40, "sample_every": 60, "checkpoint_every": 60},
@@ -67,7 +67,7 @@ def project(tmp_path_factory, standin_inception) -> Path:
 def test_repro_writes_every_output_then_is_up_to_date(project):
     for path in ("data/prepared/manifest.json", "models/ema.safetensors", "models/config.json",
                  "samples/grid.png", "samples/trajectory.gif", "fid_ref/stats.npz",
-                 "metrics/fid.json", "sweep/fid_vs_steps.csv", "analysis/timestep_loss.csv",
+                 "fid_ref/features.npz", "metrics/fid.json", "memorisation/closest_pairs.png", "sweep/fid_vs_steps.csv", "analysis/timestep_loss.csv",
                  "reports/report.md", "reports/figures/samples.png",
                  "reports/figures/training_loss.png", "reports/figures/timestep_loss.png"):
         assert (project / path).is_file(), path
@@ -83,6 +83,8 @@ def test_training_loss_falls_and_metrics_are_reported(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     text = json.dumps(shown)
     assert '"fid"' in text and '"loss"' in text and "loss_q1" in text
+    for group in ("fid_blocks", "kid", "precision_recall", "memorisation"):
+        assert f'"{group}"' in text, group
 
 
 def test_report_is_filled_from_this_runs_outputs(project):
@@ -91,8 +93,10 @@ def test_report_is_filled_from_this_runs_outputs(project):
     assert f"**{fmt(fid['fid'])}**" in report
     assert "STAND-IN" in report                         # stand-in weights are declared
     assert "not produced" not in report and "no training log" not in report
+    assert "KID (" in report and "precision / recall" in report and "memorised fraction" in report
     for link in ("figures/samples.png", "figures/trajectory.gif", "figures/training_loss.png",
-                 "figures/timestep_loss.png", "figures/fid_vs_steps.png"):
+                 "figures/timestep_loss.png", "figures/fid_vs_steps.png",
+                 "figures/memorisation_distances.png", "figures/closest_pairs.png"):
         assert f"]({link})" in report and (project / "reports" / link).is_file(), link
     # The sweep: the default samplers at TINY's step counts, each row with its NFE, and
     # its table in the report.

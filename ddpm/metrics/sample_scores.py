@@ -1,0 +1,109 @@
+"""Every sample metric beyond the full-N FID, on the features the FID used.
+
+FID over disjoint blocks (mean ± sd), KID (mean ± std over subsets), precision,
+recall, density and coverage, and the memorisation check with its figures. The
+real side comes from the fid_ref stage's cache (`real_features`), the pixels of
+the same real images from the prepared data set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ddpm.atomic import write_atomically
+from ddpm.config import FidConfig
+from ddpm.errors import DdpmError
+from ddpm.fid import load_statistics
+from ddpm.metrics.fid_spread import fid_blocks
+from ddpm.metrics.kid import kernel_inception_distance
+from ddpm.metrics.memorisation import closest_pairs_grid, memorisation, plot_distances
+from ddpm.metrics.precision_recall import PR_K, precision_recall
+from ddpm.metrics.real_features import SPLITS, features_path, load_real_features
+from ddpm.training.data import PreparedImages, read_manifest
+
+
+def real_pixels(prepared_dir: Path, reference: dict, real: dict) -> dict[str, np.ndarray]:
+    """uint8 pixels of the real images whose features fid_ref kept, checked to be the same data."""
+    manifest = read_manifest(prepared_dir)
+    pixels = {}
+    for name in SPLITS:
+        if manifest["split_sha256"][name] != reference["splits"][name]["data_sha256"]:
+            raise DdpmError(f"{prepared_dir}: the {name} split differs from the one fid_ref "
+                            "used; rerun it (dvc repro fid_ref)")
+        images = PreparedImages(prepared_dir, name)
+        pixels[name] = np.stack([images[int(i)].permute(1, 2, 0).numpy()
+                                 for i in real[f"{name}_index"]])
+    return pixels
+
+
+def check_inputs(ref_npz: Path, n_generated: int, fid: FidConfig) -> tuple[dict, dict]:
+    """(reference meta, real features), or one DdpmError before any Inception work."""
+    reference = json.loads(ref_npz.with_suffix(".json").read_text())
+    if "splits" not in reference:
+        raise DdpmError(f"{ref_npz}: made before KID and memorisation existed; rerun the "
+                        "fid_ref stage (dvc repro -f fid_ref)")
+    real = load_real_features(features_path(ref_npz))
+    if n_generated // fid.splits < 2:
+        raise DdpmError(f"fid.splits = {fid.splits}: {n_generated} samples give blocks of "
+                        f"{n_generated // fid.splits}; need at least 2 per block (lower "
+                        "fid.splits or raise sample.n)")
+    smallest = min(n_generated, len(real[reference["split"]]))
+    if smallest <= PR_K:
+        raise DdpmError(f"precision/recall needs more than {PR_K} generated and reference "
+                        f"images; {smallest} is too few")
+    if len(real["holdout"]) < 2 or len(real["train"]) < 1:
+        raise DdpmError(f"memorisation: needs training images and at least 2 holdout images "
+                        f"(the baseline), got {len(real['train'])} and {len(real['holdout'])}; "
+                        "raise data.holdout_fraction")
+    return reference, real
+
+
+def sample_metrics(features: np.ndarray, pixels: np.ndarray, ref_npz: Path,
+                   prepared_dir: Path, figures_dir: Path, fid: FidConfig, device) -> dict:
+    """FID over blocks, KID, precision/recall and the memorisation check → metrics groups;
+    the memorisation figures and per-sample nearest neighbours → `figures_dir`."""
+    reference, real = check_inputs(ref_npz, len(features), fid)
+    ref_features = real[reference["split"]]
+    train_pixels = real_pixels(prepared_dir, reference, real)
+    blocks = fid_blocks(features, *load_statistics(ref_npz), fid.splits)
+    kid = kernel_inception_distance(ref_features, features, fid.kid_subsets, fid.kid_subset_size)
+    pr = precision_recall(ref_features, features, PR_K, device)
+    memorised, nearest = memorisation(
+        {"features": features, "pixels": pixels},
+        {"features": real["holdout"], "pixels": train_pixels["holdout"]},
+        {"features": real["train"], "pixels": train_pixels["train"]}, device)
+    write_memorisation_figures(figures_dir, nearest, memorised, pixels, train_pixels["train"],
+                               real["train_index"])
+    n_ref = len(ref_features)
+    # The per-block FIDs stay out: `dvc exp show` has no column for a list.
+    return {"fid_blocks": {"mean": round(blocks["mean"], 4), "sd": round(blocks["sd"], 4),
+                           "k": blocks["k"], "block_n": blocks["block_n"]},
+            "kid": {"mean": round(kid["mean"], 6), "std": round(kid["std"], 6),
+                    "subsets": kid["subsets"], "subset_size": kid["subset_size"],
+                    "n_generated": len(features), "n_reference": n_ref},
+            "precision_recall": {**{k: round(v, 4) for k, v in pr.items() if k != "k"},
+                                 "k": pr["k"], "n_generated": len(features),
+                                 "n_reference": n_ref},
+            "memorisation": memorised}
+
+
+def write_memorisation_figures(folder: Path, nearest: dict, memorised: dict,
+                               pixels: np.ndarray, train_pixels: np.ndarray,
+                               train_index: np.ndarray) -> None:
+    """Histogram of the distances, grid of the 16 closest pairs, per-sample CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_distances(nearest, {"cosine": memorised["threshold_cosine"],
+                             "pixel": memorised["threshold_pixel"]}, folder / "distances.png")
+    closest_pairs_grid(pixels, train_pixels, nearest["cosine_distance"],
+                       nearest["cosine_index"], folder / "closest_pairs.png")
+    table = pd.DataFrame({
+        "sample": np.arange(len(pixels)),
+        "cosine_distance": nearest["cosine_distance"],
+        "cosine_train_index": train_index[nearest["cosine_index"]],  # index in the split
+        "pixel_distance": nearest["pixel_distance"],
+        "pixel_train_index": train_index[nearest["pixel_index"]]})
+    write_atomically(folder / "nearest.csv", lambda tmp: table.to_csv(tmp, index=False))
