@@ -40,6 +40,7 @@ from ddpm.atomic import write_atomically, write_json_atomically, write_text_atom
 from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.progress import progress_bar
 from ddpm.training.callbacks import grid_image, to_uint8
 from ddpm.weights import WEIGHTS_FILES, load_model
 
@@ -187,8 +188,8 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
             and not shard_done(out_dir, sample, s)]
     todo = sum(len(shard_indices(sample, s)) for s in mine)
     start = time.perf_counter()
-    with tqdm(total=todo, desc=f"generate ({sample.sampler})", unit="img",
-              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+    with progress_bar(todo, f"generate ({sample.sampler})",
+                      disable=not progress or rank != 0) as bar:
         for shard in mine:
             engine.shard(out_dir, shard, bar)
     elapsed = time.perf_counter() - start

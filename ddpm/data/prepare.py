@@ -31,12 +31,12 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
 from ddpm.config import DataConfig
 from ddpm.errors import DataError
+from ddpm.progress import progress_bar
 
 SPLITS = ("train", "holdout")
 SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary())])
@@ -165,8 +165,7 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
     writers = {split: ShardWriter(staging, split, data.shard_size) for split in SPLITS}
     skipped = []
     settings = (data.crop, img_size, data.min_size)
-    bar = tqdm(total=opened.count, desc=f"prepare {opened.kind}", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(opened.count, f"prepare {opened.kind}", disable=not progress)
     with bar:
         for key, png, reason in _processed(opened.items(), workers, settings):
             bar.update()

@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import logging
 import pickle
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ddpm.config import Params, TrainConfig, to_dict
 from ddpm.devices import check_accelerator
 from ddpm.errors import DataError
+from ddpm.progress import interactive
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
 from ddpm.training.data import FaceDataModule, read_manifest
 from ddpm.training.system import DiffusionSystem
@@ -178,7 +178,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
                  SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(),
                  *extra_callbacks]
     # A live bar on a terminal; elsewhere (dvc repro's pipe, CI logs) plain lines.
-    bar = progress and sys.stdout.isatty()
+    bar = progress and interactive()
     if progress and not bar:
         callbacks.append(ProgressLines(images_per_step=cfg.batch_size
                                        * cfg.accumulate_grad_batches * cfg.devices
