@@ -15,6 +15,7 @@ from ddpm.config import SampleConfig
 from ddpm.diffusion.registry import sample_images
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.progress import EVERY_S, progress_line
+from ddpm.training.loggers import log_image
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class SampleGrid(L.Callback):
     """A grid of EMA samples (fixed seeds) every N optimizer steps and at the end.
 
     The research log judged runs by looking at these grids, so they are logged
-    as images (dvclive puts them under plots/images) at the same seeds every time.
+    as images (dvclive puts them under plots/images, MLflow among the run's
+    artifacts) at the same seeds every time.
     They are drawn with the run's own `sample.*` sampler, η, spacing and clipping,
     so they look like what the generate stage will make; only the step count is
     capped (at `max_steps`, and at T) to keep them cheap.
@@ -98,9 +100,8 @@ class SampleGrid(L.Callback):
         pl_module.ema_net.eval()  # Lightning's .train() reaches it too; no dropout when sampling
         image = grid_image(to_uint8(self._draw(pl_module, noise, generators)),
                            nrow=int(self.n ** 0.5))
-        if trainer.logger is not None and hasattr(trainer.logger.experiment, "log_image"):
-            trainer.logger.experiment.log_image(f"samples/step-{trainer.global_step:07d}.png",
-                                                image)
+        for logger in trainer.loggers:
+            log_image(logger, f"samples/step-{trainer.global_step:07d}.png", image)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every == 0:
