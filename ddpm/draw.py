@@ -72,7 +72,7 @@ def is_grid(out: Path) -> bool:
 
 
 def write_images(images: np.ndarray, out: Path) -> str:
-    """A grid at `out` (.png) or `out`/000000.png … (each written atomically); what was written."""
+    """A grid at `out` (.png), or `out`/000000.png … each written atomically; says what."""
     if is_grid(out):
         write_grid(images, out)
         return f"a grid of {len(images)} images in {out}"

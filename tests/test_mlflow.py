@@ -58,7 +58,8 @@ def test_without_mlflow_tracking_uri_the_store_is_mlruns(tmp_path, monkeypatch):
 def test_mlflow_without_the_extra_is_one_line_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)      # import mlflow → ImportError
     params = tiny.params(train={"loggers": ["dvclive", "mlflow"]})
-    with pytest.raises(ConfigError, match=r'MLflow is not installed: pip install -e "\.\[mlflow\]"'):
+    with pytest.raises(ConfigError,
+                       match=r'MLflow is not installed: pip install -e "\.\[mlflow\]"'):
         train(params, tmp_path / "no-data", tmp_path / "models", tmp_path / "state",
               tmp_path / "live", mlruns_dir=tmp_path / "mlruns", progress=False)
     assert list(tmp_path.iterdir()) == []
