@@ -18,6 +18,7 @@ from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import AnalysisConfig
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.progress import progress_bar
 from ddpm.training.data import PreparedImages
 from ddpm.training.system import to_unit_range
 from ddpm.weights import load_model
@@ -39,13 +40,19 @@ def holdout_images(prepared_dir: str | Path, n: int) -> torch.Tensor:
 
 
 def timestep_loss_table(net, schedule, prediction: str, x0: torch.Tensor, *, t_points: int,
-                        seed: int, batch_size: int = 64) -> pd.DataFrame:
+                        seed: int, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
     """Columns: t (0-indexed), log_snr, loss_mean, loss_std, n; noise seeded per image."""
     noise = initial_noise(sample_generators(seed, range(len(x0))), tuple(x0.shape[1:]),
                           x0.device)
     ts = timestep_grid(schedule.timesteps, t_points)
-    losses = loss_per_timestep(net, schedule, x0, ts.tolist(), noise, prediction,
-                               batch_size=batch_size)  # [len(ts), N]
+    # One timestep at a time, for the progress line; every row is computed alone anyway.
+    with progress_bar(len(ts), "loss per timestep", unit="t", disable=not progress) as bar:
+        rows = []
+        for t in ts.tolist():
+            rows.append(loss_per_timestep(net, schedule, x0, [t], noise, prediction,
+                                          batch_size=batch_size))
+            bar.update()
+    losses = torch.cat(rows)  # [len(ts), N]
     return pd.DataFrame({"t": ts, "log_snr": schedule.log_snr(torch.as_tensor(ts)).numpy(),
                          "loss_mean": losses.mean(1).double().numpy(),
                          "loss_std": losses.std(1).double().numpy() if len(x0) > 1 else 0.0,
@@ -58,7 +65,7 @@ def analyse(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path
     net, schedule, config = load_model(model_dir, device)
     x0 = holdout_images(prepared_dir, analysis.n_images).to(device)
     table = timestep_loss_table(net, schedule, config["diffusion"]["prediction"], x0,
-                                t_points=analysis.t_points, seed=analysis.seed)
+                                t_points=analysis.t_points, seed=analysis.seed, progress=True)
     return write_analysis(table, out_dir, schedule.timesteps)
 
 

@@ -10,13 +10,36 @@ from pathlib import Path
 
 import typer
 
-from ddpm.config import DataConfig, ModelConfig
+from ddpm.config import DataConfig, ModelConfig, SampleConfig
+from ddpm.diffusion.registry import SAMPLER_NAMES
+from ddpm.diffusion.samplers import SPACINGS
 from ddpm.errors import one_line_errors
 
 app = typer.Typer(help="Denoising diffusion models on face images: prepare data, train, "
                        "sample and evaluate.", no_args_is_help=True, add_completion=False)
 
-_DATA, _MODEL = DataConfig(), ModelConfig()
+_DATA, _MODEL, _SAMPLE = DataConfig(), ModelConfig(), SampleConfig()
+
+# The sampler options of `sample` and `trajectory`; defaults are params.yaml's `sample.*`.
+_MODELS = typer.Argument(..., help="A trained-model folder (the train stage's models/).")
+_SAMPLER = typer.Option(_SAMPLE.sampler, help=" | ".join(SAMPLER_NAMES))
+_STEPS = typer.Option(_SAMPLE.steps, help="Network evaluations per image (not ddpm: all T).")
+_ETA = typer.Option(_SAMPLE.eta, help="DDIM stochasticity: 0 = deterministic.")
+_SPACING = typer.Option(_SAMPLE.spacing, help="DDIM timestep spacing: " + " | ".join(SPACINGS))
+_SOLVER_SPACING = typer.Option(_SAMPLE.solver_spacing,
+                               help="Timestep spacing of dpmpp_2m and unipc.")
+_VARIANCE = typer.Option(_SAMPLE.variance, help="DDPM variance: small | large")
+_CLIP_X0 = typer.Option(_SAMPLE.clip_x0, help="Clip the predicted clean image at every step.")
+_USE_EMA = typer.Option(_SAMPLE.use_ema, help="The EMA weights (else the raw ones).")
+_SEED = typer.Option(_SAMPLE.seed, help="Image i uses noise seeded by (seed, i).")
+_BATCH = typer.Option(_SAMPLE.batch_size, help="Images per batch (changes no image).")
+_DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N")
+
+
+def _sample_settings(**options):
+    from ddpm.draw import sample_settings
+
+    return sample_settings(options)
 
 
 @app.command()
@@ -50,6 +73,47 @@ def prepare(
     manifest = prepare_dataset(data, img_size, out)
     typer.echo(summary(manifest, out))
 
+
+
+@app.command()
+@one_line_errors
+def sample(
+    models: Path = _MODELS,
+    out: Path = typer.Option(Path("grid.png"), help="A .png grid, or a folder for "
+                                                    "000000.png, 000001.png, …"),
+    n: int = typer.Option(_SAMPLE.n, help="Images: indices 0 … n−1."),
+    sampler: str = _SAMPLER, steps: int = _STEPS, eta: float = _ETA, spacing: str = _SPACING,
+    solver_spacing: str = _SOLVER_SPACING, variance: str = _VARIANCE, clip_x0: bool = _CLIP_X0,
+    use_ema: bool = _USE_EMA, seed: int = _SEED, batch_size: int = _BATCH,
+    device: str = _DEVICE,
+) -> None:
+    """Draw n images from a trained model: image i is the generate stage's image i."""
+    from ddpm.draw import draw, open_generator, write_images
+
+    settings = _sample_settings(n=n, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                                solver_spacing=solver_spacing, variance=variance,
+                                clip_x0=clip_x0, use_ema=use_ema, seed=seed,
+                                batch_size=batch_size)
+    engine = open_generator(models, settings, device)
+    typer.echo(write_images(draw(engine), out))
+
+
+@app.command()
+@one_line_errors
+def trajectory(
+    models: Path = _MODELS,
+    out: Path = typer.Option(Path("trajectory.gif"), help="The GIF to write."),
+    sampler: str = _SAMPLER, steps: int = _STEPS, eta: float = _ETA, spacing: str = _SPACING,
+    solver_spacing: str = _SOLVER_SPACING, variance: str = _VARIANCE, clip_x0: bool = _CLIP_X0,
+    use_ema: bool = _USE_EMA, seed: int = _SEED, device: str = _DEVICE,
+) -> None:
+    """A movie of sampling: x_t and the predicted x0 along the steps, for images 0–3."""
+    from ddpm.draw import open_generator, trajectory as write_movie
+
+    settings = _sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                                solver_spacing=solver_spacing, variance=variance,
+                                clip_x0=clip_x0, use_ema=use_ema, seed=seed)
+    typer.echo(write_movie(open_generator(models, settings, device), out))
 
 
 @app.command()

@@ -110,6 +110,7 @@ class TrainConfig:
     val_images: int = _bounded(64, ge=1)
     sample_every: int = _bounded(400, ge=1)
     checkpoint_every: int = _bounded(200, ge=1)
+    loggers: list[Literal["dvclive", "mlflow"]] = _list(["dvclive"])
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,10 @@ def params_from_dict(raw: Any) -> Params:
     params = Params(**{name: build_section(hints[name], raw.get(name), name)
                        for name in sections})
     _check_steps_within_timesteps(params)
+    if "dvclive" not in params.train.loggers:
+        raise ConfigError(f"train.loggers = {params.train.loggers!r}: must include dvclive (the "
+                          "pipeline's metrics and report are read from its files); add mlflow "
+                          "beside it, e.g. [dvclive, mlflow]")
     return params
 
 

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from ddpm.progress import progress_bar
 
 from ddpm.analysis import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
@@ -59,7 +59,7 @@ def prepared_arrays(prepared_dir: Path, split: str,
 
 def _features(arrays, count: int, weights: str, batch_size: int, device, desc: str):
     model = load_inception(weights, device)
-    with tqdm(total=count, desc=desc, unit="img", dynamic_ncols=True) as bar:
+    with progress_bar(count, desc) as bar:
         return inception_features(rebatch(arrays, batch_size), model, device, bar.update)
 
 
@@ -163,7 +163,7 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
                                        range(start, min(start + sample.batch_size, n)),
                                        img_size, device).images).permute(0, 2, 3, 1).cpu()
                   .numpy() for start in range(0, n, sample.batch_size))
-        with tqdm(total=n, desc=f"FID sweep: {name}, {nfe} NFE", unit="img") as bar:
+        with progress_bar(n, f"FID sweep: {name}, {nfe} NFE") as bar:
             features = inception_features(rebatch(arrays, batch_size), inception, device,
                                           bar.update)
         fid = frechet_distance(*feature_statistics(features), *reference)

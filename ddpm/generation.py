@@ -40,6 +40,7 @@ from ddpm.atomic import write_atomically, write_json_atomically, write_text_atom
 from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.progress import progress_bar
 from ddpm.training.callbacks import grid_image, to_uint8
 from ddpm.weights import WEIGHTS_FILES, load_model
 
@@ -130,22 +131,34 @@ class Generator:
     img_size: int
     device: torch.device
 
-    def shard(self, out_dir: Path, shard: int, bar: tqdm) -> None:
-        indices = shard_indices(self.sample, shard)
+    def images(self, indices: range, bar: tqdm | None = None) -> np.ndarray:
+        """Samples `indices` as uint8 [k, H, W, 3], `sample.batch_size` at a time."""
         images = []
         for start in range(indices.start, indices.stop, self.sample.batch_size):
             batch = range(start, min(start + self.sample.batch_size, indices.stop))
             result = run_sampler(self.net, self.schedule, self.sample, self.prediction, batch,
                                  self.img_size, self.device)
             images.append(to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
+        return np.concatenate(images)
+
+    def shard(self, out_dir: Path, shard: int, bar: tqdm) -> None:
         buffer = io.BytesIO()
-        np.save(buffer, np.concatenate(images))  # [k, H, W, 3] uint8
+        np.save(buffer, self.images(shard_indices(self.sample, shard), bar))
         data = buffer.getvalue()
         # The hash first: a kill between the two leaves a hash without its shard
         # (generated again, silently), never a shard that cannot be checked.
         write_text_atomically(hash_path(out_dir, shard), hashlib.sha256(data).hexdigest() + "\n")
         write_atomically(shard_path(out_dir, shard), lambda tmp: tmp.write_bytes(data))
+
+
+def load_generator(model_dir: Path, sample: SampleConfig,
+                   device: str | torch.device = "cpu") -> Generator:
+    """A Generator for the trained model in `model_dir` (EMA or raw weights, per `sample`)."""
+    net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    return Generator(net, schedule, sample, config["diffusion"]["prediction"],
+                     config["model"]["img_size"], torch.device(device))
 
 
 def prepare_output(out_dir: Path, expected: dict) -> None:
@@ -174,21 +187,19 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
     writes the grid, the trajectory movie and the manifest (returned on rank 0).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    engine = load_generator(model_dir, sample, device)
     expected = sample_fingerprint(model_dir, sample, torch.device(device).type)
     if rank == 0:
         prepare_output(out_dir, expected)
     barrier()
-    img_size = config["model"]["img_size"]
-    engine = Generator(net, schedule, sample, config["diffusion"]["prediction"], img_size,
-                       torch.device(device))
+    img_size, schedule = engine.img_size, engine.schedule
     shards = shard_count(sample)
     mine = [s for s in range(shards) if s % world_size == rank
             and not shard_done(out_dir, sample, s)]
     todo = sum(len(shard_indices(sample, s)) for s in mine)
     start = time.perf_counter()
-    with tqdm(total=todo, desc=f"generate ({sample.sampler})", unit="img",
-              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+    with progress_bar(todo, f"generate ({sample.sampler})",
+                      disable=not progress or rank != 0) as bar:
         for shard in mine:
             engine.shard(out_dir, shard, bar)
     elapsed = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""DVC stage `train`: params.yaml (model, diffusion, train) + data/prepared → models/, dvclive/."""
+"""DVC stage `train`: params.yaml (model, diffusion, train) + data/prepared → models/, dvclive/
+(and MLflow: mlruns/ or MLFLOW_TRACKING_URI, when train.loggers asks for it)."""
 
 from pathlib import Path
 
@@ -14,9 +15,12 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
          models: Path = typer.Option(Path("models"), help="Output: EMA weights + config."),
          state: Path = typer.Option(Path("state/train"), help="Resume checkpoint folder."),
-         live: Path = typer.Option(Path("dvclive"), help="DVCLive metrics and plots.")) -> None:
+         live: Path = typer.Option(Path("dvclive"), help="DVCLive metrics and plots."),
+         mlruns: Path = typer.Option(Path("mlruns"), help="MLflow's local store (train.loggers "
+                                                          "with mlflow, no MLFLOW_TRACKING_URI).")
+         ) -> None:
     """Train the diffusion model, resuming from state/train when its params match."""
-    train(load_params(params), data, models, state, live)
+    train(load_params(params), data, models, state, live, mlruns_dir=mlruns)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Progress reporting of the train stage when stdout is not a terminal (dvc repro, CI logs)."""
+"""Progress reporting when stdout is not a terminal (dvc repro, CI logs): train and the rest."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tqdm import tqdm
 
 import tiny
+from ddpm.progress import progress_bar
 from ddpm.training.callbacks import ProgressLines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,3 +45,40 @@ def test_train_stage_in_a_pipe_prints_progress_lines_and_no_advert(tmp_path):
     both = proc.stdout + proc.stderr
     assert re.search(r"^train step 6/6 \(100%\)  loss [0-9.]+  [0-9.]+ img/s", proc.stdout, re.M)
     assert "Tip:" not in both and "LeafSpec" not in both
+
+
+# ------------------------------------------------------------------ the other stages
+
+
+def test_line_bar_prints_whole_lines_with_count_rate_and_time_left(monkeypatch):
+    monkeypatch.setattr("ddpm.progress.interactive", lambda: False)
+    out, now = io.StringIO(), [100.0]
+    bar = progress_bar(100, "generate (ddim)", every_s=5, file=out)
+    bar._time = lambda: now[0]                          # tqdm's clock
+    bar.start_t = bar.last_print_t = 100.0
+    with bar:
+        now[0] = 110.0
+        bar.update(40)                                  # 40 images in 10 s
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines() == ["generate (ddim) 0/100 (0%)  ? img/s  elapsed 0m00s",
+                                 "generate (ddim) 40/100 (40%)  4.0 img/s  elapsed 0m10s  "
+                                 "left 0m15s"]
+
+
+def test_line_bar_waits_every_s_between_lines_and_ends_with_the_final_count(monkeypatch):
+    monkeypatch.setattr("ddpm.progress.interactive", lambda: False)
+    out = io.StringIO()
+    with progress_bar(50, "FID generated", every_s=3600, file=out) as bar:
+        for _ in range(5):
+            bar.update(10)
+    lines = out.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["FID generated 0/50 (0%)",
+                                                       "FID generated 50/50 (100%)"]
+
+
+def test_on_a_terminal_it_is_tqdms_own_bar(monkeypatch):
+    monkeypatch.setattr("ddpm.progress.interactive", lambda: True)
+    bar = progress_bar(10, "x", file=io.StringIO())
+    assert type(bar) is tqdm
+    bar.close()

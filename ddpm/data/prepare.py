@@ -34,13 +34,13 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
 from ddpm.data.splits import Splitter, in_holdout  # noqa: F401 (in_holdout: public here too)
 from ddpm.config import DataConfig
 from ddpm.errors import DataError
+from ddpm.progress import progress_bar
 
 SPLITS = ("train", "holdout")
 SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary())])
@@ -172,8 +172,7 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
     splitter = Splitter(data)
     skipped, duplicates, first_key = [], [], {}
     settings = (data.crop, img_size, data.min_size)
-    bar = tqdm(total=opened.count, desc=f"prepare {opened.kind}", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(opened.count, f"prepare {opened.kind}", disable=not progress)
     with bar:
         for key, png, reason, digest in _processed(opened.items(), workers, settings):
             bar.update()

@@ -14,6 +14,8 @@ from PIL import Image
 from ddpm.config import SampleConfig
 from ddpm.diffusion.registry import sample_images
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.progress import EVERY_S, progress_line
+from ddpm.training.loggers import log_image
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +68,8 @@ class SampleGrid(L.Callback):
     """A grid of EMA samples (fixed seeds) every N optimizer steps and at the end.
 
     The research log judged runs by looking at these grids, so they are logged
-    as images (dvclive puts them under plots/images) at the same seeds every time.
+    as images (dvclive puts them under plots/images, MLflow among the run's
+    artifacts) at the same seeds every time.
     They are drawn with the run's own `sample.*` sampler, η, spacing and clipping,
     so they look like what the generate stage will make; only the step count is
     capped (at `max_steps`, and at T) to keep them cheap.
@@ -97,9 +100,8 @@ class SampleGrid(L.Callback):
         pl_module.ema_net.eval()  # Lightning's .train() reaches it too; no dropout when sampling
         image = grid_image(to_uint8(self._draw(pl_module, noise, generators)),
                            nrow=int(self.n ** 0.5))
-        if trainer.logger is not None and hasattr(trainer.logger.experiment, "log_image"):
-            trainer.logger.experiment.log_image(f"samples/step-{trainer.global_step:07d}.png",
-                                                image)
+        for logger in trainer.loggers:
+            log_image(logger, f"samples/step-{trainer.global_step:07d}.png", image)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every == 0:
@@ -135,10 +137,10 @@ class ProgressLines(L.Callback):
 
     A bar redrawn with carriage returns is unreadable there, so rank 0 prints one
     line every `every_s` seconds and at the end: step, loss, images/s and the time
-    left at the rate so far.
+    left at the rate so far (`ddpm.progress`'s line format, as the other stages).
     """
 
-    def __init__(self, every_s: float = 20.0, images_per_step: int = 1):
+    def __init__(self, every_s: float = EVERY_S, images_per_step: int = 1):
         self.every_s, self.images_per_step = every_s, images_per_step
         self._start = self._last = 0.0
         self._step0 = 0
@@ -148,15 +150,12 @@ class ProgressLines(L.Callback):
         self._step0 = trainer.global_step
 
     def _line(self, trainer) -> str:
-        now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
+        now, step = time.perf_counter(), trainer.global_step
         done = max(step - self._step0, 1)
-        per_step = (now - self._start) / done
         loss = trainer.callback_metrics.get("train/loss")
-        return (f"train step {step}/{total} ({100 * step // max(total, 1)}%)"
-                + (f"  loss {float(loss):.4f}" if loss is not None else "")
-                + f"  {self.images_per_step / per_step:.1f} img/s"
-                + f"  elapsed {_clock(now - self._start)}"
-                + f"  left {_clock(per_step * max(total - step, 0))}")
+        return progress_line("train step", step, trainer.max_steps, now - self._start, done,
+                             per_item=self.images_per_step,
+                             extra=f"  loss {float(loss):.4f}" if loss is not None else "")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.is_global_zero and time.perf_counter() - self._last >= self.every_s:
@@ -166,9 +165,4 @@ class ProgressLines(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             print(self._line(trainer), flush=True)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
 

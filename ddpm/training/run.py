@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import logging
 import pickle
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from ddpm.config import Params, TrainConfig, to_dict
 from ddpm.devices import check_accelerator
 from ddpm.errors import DataError
+from ddpm.progress import interactive
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
+from ddpm.training.loggers import build_loggers, log_final, require_mlflow
 from ddpm.training.data import FaceDataModule, read_manifest
 from ddpm.training.system import DiffusionSystem
 from ddpm.weights import save_model
@@ -52,7 +53,7 @@ logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").a
     lambda record: "was not set, defaulting to" not in str(record.getMessage()))
 # Keys that do not change what is learned: changing them keeps a checkpoint resumable.
 NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
-                     "checkpoint_every", "num_workers"}
+                     "checkpoint_every", "num_workers", "loggers"}
 
 
 # The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
@@ -162,12 +163,12 @@ def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
 
 
 def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
-          state_dir: str | Path, live_dir: str | Path, *,
+          state_dir: str | Path, live_dir: str | Path, *, mlruns_dir: str | Path = "mlruns",
           extra_callbacks: Sequence[L.Callback] = (), progress: bool = True) -> None:
     """Train (or resume) the model described by `params` on a prepared data set."""
-    from dvclive.lightning import DVCLiveLogger  # here, so build_trainer works without dvclive
-
     check_accelerator("train", params.train.accelerator, params.train.devices)
+    if "mlflow" in params.train.loggers:
+        require_mlflow()  # before any work
     manifest = read_manifest(prepared_dir)
     if manifest["img_size"] != params.model.img_size:
         raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "
@@ -180,26 +181,28 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     data = FaceDataModule(prepared_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           val_images=cfg.val_images, timesteps=params.diffusion.timesteps,
                           seed=cfg.seed)
-    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
-                           resume=resume is not None)
+    loggers = build_loggers(cfg.loggers, Path(live_dir), Path(mlruns_dir), state_dir,
+                            resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
                  SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(),
                  *extra_callbacks]
     # A live bar on a terminal; elsewhere (dvc repro's pipe, CI logs) plain lines.
-    bar = progress and sys.stdout.isatty()
+    bar = progress and interactive()
     if progress and not bar:
         callbacks.append(ProgressLines(images_per_step=cfg.batch_size
                                        * cfg.accumulate_grad_batches * cfg.devices
                                        * cfg.num_nodes))
-    trainer = build_trainer(cfg, logger, callbacks, bar)
+    trainer = build_trainer(cfg, loggers, callbacks, bar)
     trainer.fit(system, datamodule=data, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:
-        logger.experiment.log_metric("train/time_s", round(system.train_seconds(), 1),
-                                     plot=False)
-        logger.experiment.make_summary()
+        seconds = round(system.train_seconds(), 1)
+        live = loggers[0].experiment
+        live.log_metric("train/time_s", seconds, plot=False)
+        live.make_summary()
         config = {**expected, "steps": trainer.global_step,
                   "images_seen": trainer.global_step * cfg.batch_size
                   * cfg.accumulate_grad_batches * trainer.world_size}
         save_model(system.ema_net, system.net, models_dir, config)
+        log_final(loggers, Path(models_dir), {"train/time_s": seconds}, trainer.global_step)
         print(f"trained to step {trainer.global_step}; EMA weights in {models_dir}")
 

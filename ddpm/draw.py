@@ -1,0 +1,91 @@
+"""`ddpm sample` and `ddpm trajectory`: images from a trained model, outside the pipeline.
+
+They run the generate stage's own code (`ddpm.generation`): image i comes from
+noise seeded by (seed, i), so it is the generate stage's image i, byte for byte,
+when the settings and the kind of device (CPU or GPU) are the same.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ddpm.atomic import write_atomically
+from ddpm.config import SampleConfig, build_section
+from ddpm.errors import ConfigError, DdpmError
+from ddpm.generation import Generator, load_generator, write_grid, write_trajectory
+from ddpm.progress import progress_bar
+
+
+def sample_settings(options: dict) -> SampleConfig:
+    """`SampleConfig` from command-line options; a bad value names its option (--steps)."""
+    try:
+        return build_section(SampleConfig, options, "sample")
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"^sample\.(\w+)", lambda m: "--" + m[1].replace("_", "-"),
+                                 str(err))) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' = the GPU when there is one, else the CPU; otherwise a torch device name."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DdpmError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") \
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DdpmError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    return resolved
+
+
+def open_generator(model_dir: Path, sample: SampleConfig, device: str) -> Generator:
+    """The trained model's Generator; steps beyond the model's T are refused."""
+    engine = load_generator(model_dir, sample, resolve_device(device))
+    timesteps = engine.schedule.timesteps
+    if sample.sampler != "ddpm" and sample.steps > timesteps:
+        raise ConfigError(f"--steps {sample.steps}: must be <= the model's diffusion.timesteps "
+                          f"({timesteps}); lower --steps")
+    return engine
+
+
+def draw(engine: Generator, progress: bool = True) -> np.ndarray:
+    """Images 0 … n−1 as uint8 [n, H, W, 3]."""
+    n = engine.sample.n
+    with progress_bar(n, f"sample ({engine.sample.sampler})", disable=not progress) as bar:
+        return engine.images(range(n), bar)
+
+
+def is_grid(out: Path) -> bool:
+    """A .png path is one grid image; any other path is a folder of PNGs."""
+    if out.suffix.lower() == ".png":
+        return True
+    if out.is_file():
+        raise DdpmError(f"{out}: is a file, not a folder; give a .png path for a grid or a "
+                        "folder for one PNG per image")
+    return False
+
+
+def write_images(images: np.ndarray, out: Path) -> str:
+    """A grid at `out` (.png), or `out`/000000.png … each written atomically; says what."""
+    if is_grid(out):
+        write_grid(images, out)
+        return f"a grid of {len(images)} images in {out}"
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image)
+        write_atomically(out / f"{i:06d}.png", lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
+    return f"{len(images)} images in {out}/ (000000.png …)"
+
+
+def trajectory(engine: Generator, out: Path) -> str:
+    """The generate stage's trajectory movie (x_t and predicted x0 along the steps) at `out`."""
+    if out.suffix.lower() != ".gif":
+        raise DdpmError(f"{out}: the movie is a GIF; give a path ending in .gif")
+    write_trajectory(engine, out)
+    return f"trajectory of {engine.sample.sampler} in {out}"
