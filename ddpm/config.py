@@ -87,7 +87,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = _bounded(800, ge=1)
+    max_steps: int = _bounded(1200, ge=1)
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
@@ -105,7 +105,7 @@ class TrainConfig:
     strategy: Literal["auto", "ddp"] = "auto"
     compile: bool = False
     channels_last: bool = False
-    num_workers: int = _bounded(2, ge=0)
+    num_workers: int = _bounded(0, ge=0)
     val_every: int = _bounded(200, ge=1)
     val_images: int = _bounded(64, ge=1)
     sample_every: int = _bounded(400, ge=1)
@@ -116,8 +116,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = _bounded(200, ge=1)
-    sampler: Literal[SAMPLER_NAMES] = "ddim"  # the sampler registry's names
-    steps: int = _bounded(50, ge=1)
+    sampler: Literal[SAMPLER_NAMES] = "dpmpp_2m"  # the sampler registry's names
+    steps: int = _bounded(20, ge=1)
     eta: float = _bounded(0.0, ge=0.0)
     spacing: Literal[SPACINGS] = "uniform"
     solver_spacing: Literal[SPACINGS] = "logsnr"
