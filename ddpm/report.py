@@ -111,8 +111,10 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
             ("FID", f"**{fmt(fid.get('fid'))}**"),
             ("FID sample count / reference", f"{fid.get('n_generated')} generated vs "
              f"{fid.get('n_reference')} real ({fid.get('reference_split')} split)"),
-            ("sampler", f"{fid.get('sampler')}, {fid.get('steps')} steps, eta "
-             f"{fid.get('eta')}, {'EMA' if fid.get('use_ema') else 'raw'} weights"),
+            ("sampler", f"{fid.get('sampler')}, {fid.get('steps')} steps, "
+             # eta is DDIM's alone; the ODE solvers record none
+             + (f"eta {fid['eta']}, " if fid.get("eta") is not None else "")
+             + f"{'EMA' if fid.get('use_ema') else 'raw'} weights"),
             ("Inception weights", weights),
         ]
         rows += _sample_metric_rows(fid)

@@ -20,7 +20,8 @@ from ddpm.weights import save_model
 
 # Few images and steps: the test is about which noise image i gets, not quality.
 SAMPLE = SampleConfig(n=6, sampler="ddim", steps=4, batch_size=4, shard_size=4, eta=0.5)
-OPTIONS = ["--n", "6", "--steps", "4", "--eta", "0.5", "--batch-size", "5", "--device", "cpu"]
+OPTIONS = ["--n", "6", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--batch-size", "5",
+           "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def test_other_sampler_options_change_the_images(model_dir, generated, tmp_path)
 
 
 def test_trajectory_writes_the_generate_stages_movie(model_dir, generated, tmp_path):
-    result = ddpm("trajectory", model_dir, "--steps", "4", "--eta", "0.5", "--device", "cpu",
-                  "--out", tmp_path / "movie.gif")
+    result = ddpm("trajectory", model_dir, "--sampler", "ddim", "--steps", "4", "--eta", "0.5",
+                  "--device", "cpu", "--out", tmp_path / "movie.gif")
     assert result.exit_code == 0, result.output
     gif = Image.open(tmp_path / "movie.gif")
     assert gif.format == "GIF" and gif.n_frames == 4                  # one frame per step

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm.config import ConfigError, load_params, params_from_dict
+from ddpm.config import ConfigError, SampleConfig, load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,12 @@ def test_text_that_is_not_a_finite_number_is_still_refused(raw, message):
     assert str(err.value) == message
 
 
+DEFAULT_STEPS = SampleConfig().steps  # > 10, so T = 10 refuses the default
+
+
 @pytest.mark.parametrize("raw, message", [
     ({"diffusion": {"timesteps": 10}},
-     "sample.steps = 50: must be <= diffusion.timesteps (10); lower sample.steps or raise "
+     f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps (10); lower sample.steps or raise "
      "diffusion.timesteps"),
     ({"diffusion": {"timesteps": 15}, "sample": {"steps": 15}},
      "sample.sweep_steps = [5, 10, 20]: must be <= diffusion.timesteps (15); lower "
@@ -89,7 +92,7 @@ def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):
 def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
     params = params_from_dict({"diffusion": {"timesteps": 10},
                                "sample": {"sampler": "ddpm", "sweep_steps": [5, 10]}})
-    assert params.sample.steps == 50 and params.diffusion.timesteps == 10
+    assert params.sample.steps == DEFAULT_STEPS > params.diffusion.timesteps == 10
 
 
 def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
@@ -98,5 +101,6 @@ def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
                            str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: sample.steps = 50: must be <= diffusion.timesteps")
+    assert proc.stderr.strip().startswith(
+        f"error: sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps")
     assert not (tmp_path / "out").exists()
