@@ -20,6 +20,10 @@ def test_mlflow_gets_params_metric_histories_sample_grids_and_weights(tmp_path, 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # A store named by URI keeps its artifacts where MLflow's default says: ./mlruns
+    # of the working directory, which must be the test's, not the repository's.
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     params = tiny.params(train={"max_steps": 20, "loggers": ["dvclive", "mlflow"]})
     train(params, tiny.prepared(tmp_path / "data", n=32), tmp_path / "models",
           tmp_path / "state", tmp_path / "live", mlruns_dir=tmp_path / "mlruns", progress=False)
