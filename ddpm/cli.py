@@ -33,6 +33,8 @@ _CLIP_X0 = typer.Option(_SAMPLE.clip_x0, help="Clip the predicted clean image at
 _USE_EMA = typer.Option(_SAMPLE.use_ema, help="The EMA weights (else the raw ones).")
 _SEED = typer.Option(_SAMPLE.seed, help="Image i uses noise seeded by (seed, i).")
 _BATCH = typer.Option(_SAMPLE.batch_size, help="Images per batch (changes no image).")
+_PRECISION = typer.Option(_SAMPLE.precision,
+                          help="32-true | bf16-mixed (the network under bf16 autocast).")
 _DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N")
 
 
@@ -85,7 +87,7 @@ def sample(
     sampler: str = _SAMPLER, steps: int = _STEPS, eta: float = _ETA, spacing: str = _SPACING,
     solver_spacing: str = _SOLVER_SPACING, variance: str = _VARIANCE, clip_x0: bool = _CLIP_X0,
     use_ema: bool = _USE_EMA, seed: int = _SEED, batch_size: int = _BATCH,
-    device: str = _DEVICE,
+    precision: str = _PRECISION, device: str = _DEVICE,
 ) -> None:
     """Draw n images from a trained model: image i is the generate stage's image i."""
     from ddpm.draw import draw, open_generator, write_images
@@ -93,7 +95,7 @@ def sample(
     settings = _sample_settings(n=n, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
                                 clip_x0=clip_x0, use_ema=use_ema, seed=seed,
-                                batch_size=batch_size)
+                                batch_size=batch_size, precision=precision)
     engine = open_generator(models, settings, device)
     typer.echo(write_images(draw(engine), out))
 
@@ -105,14 +107,16 @@ def trajectory(
     out: Path = typer.Option(Path("trajectory.gif"), help="The GIF to write."),
     sampler: str = _SAMPLER, steps: int = _STEPS, eta: float = _ETA, spacing: str = _SPACING,
     solver_spacing: str = _SOLVER_SPACING, variance: str = _VARIANCE, clip_x0: bool = _CLIP_X0,
-    use_ema: bool = _USE_EMA, seed: int = _SEED, device: str = _DEVICE,
+    use_ema: bool = _USE_EMA, seed: int = _SEED, precision: str = _PRECISION,
+    device: str = _DEVICE,
 ) -> None:
     """A movie of sampling: x_t and the predicted x0 along the steps, for images 0–3."""
     from ddpm.draw import open_generator, trajectory as write_movie
 
     settings = _sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
-                                clip_x0=clip_x0, use_ema=use_ema, seed=seed)
+                                clip_x0=clip_x0, use_ema=use_ema, seed=seed,
+                                precision=precision)
     typer.echo(write_movie(open_generator(models, settings, device), out))
 
 

@@ -127,6 +127,7 @@ class SampleConfig:
     shard_size: int = _bounded(1000, ge=1)
     seed: int = 0
     use_ema: bool = True
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)
     num_nodes: int = _bounded(1, ge=1)

@@ -109,11 +109,30 @@ def shard_done(out_dir: Path, sample: SampleConfig, shard: int) -> bool:
     return np.load(path, mmap_mode="r").shape[0] == len(shard_indices(sample, shard))
 
 
+class AutocastNet(torch.nn.Module):
+    """The network under bf16 autocast, its output returned in float32.
+
+    Only the network's matmuls and convolutions run in bf16 (where GPUs have the
+    throughput); the sampler's update x_t → x_s, whose small differences of large
+    numbers bf16 would round away, stays in float32.
+    """
+
+    def __init__(self, net: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.net, self.device_type = net, device_type
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.net(x, t).float()
+
+
 def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
                 img_size: int, device, trajectory_frames: int = 0):
     """Samples for `indices` (a batch) with the configured sampler; a SampleResult."""
     generators = sample_generators(sample.seed, indices)
     noise = initial_noise(generators, (3, img_size, img_size), device)
+    if sample.precision == "bf16-mixed":
+        net = AutocastNet(net, torch.device(device).type)
     return sample_images(sample.sampler, net, schedule, noise, generators, steps=sample.steps,
                          eta=sample.eta, spacing=sample.spacing,
                          solver_spacing=sample.solver_spacing, variance=sample.variance,
