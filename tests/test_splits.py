@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ddpm.config import DataConfig
-from ddpm.data.prepare import prepare_dataset
+from ddpm.data.prepare import prepare_dataset, summary
 from ddpm.errors import DataError
 from tests.test_prepare import encoded, photo, read_split
 
@@ -44,6 +44,7 @@ def test_identical_files_are_kept_once_before_the_split_and_listed(tmp_path):
     assert all(key.startswith("0000") for keys in kept.values() for key in keys)
     pairs = {d["key"]: d["same_bytes_as"] for d in manifest["duplicates"]}
     assert pairs["copy-7.png"] == pairs["sub-7.png"] == "000007.png"
+    assert "left out 80 duplicate file(s)" in summary(manifest, tmp_path / "out")
     images = {**read_split(tmp_path / "out", "train"), **read_split(tmp_path / "out", "holdout")}
     assert len(set(images.values())) == 40  # no two prepared images are the same bytes
 

@@ -222,23 +222,26 @@ def split_file_hashes(data: DataConfig) -> dict[str, str]:
             for name, path in files.items() if path}
 
 
+def _listed(title: str, rows: list[str], out_dir: str | Path, max_listed: int) -> list[str]:
+    """`title`, then at most `max_listed` rows, then where the rest are."""
+    if not rows:
+        return []
+    lines = [title] + [f"  {row}" for row in rows[:max_listed]]
+    if len(rows) > max_listed:
+        lines.append(f"  ... and {len(rows) - max_listed} more, all listed in "
+                     f"{Path(out_dir) / 'manifest.json'}")
+    return lines
+
+
 def summary(manifest: dict, out_dir: str | Path, max_listed: int = 50) -> str:
-    """Human-readable result of a prepare run, listing skipped files with their reasons."""
+    """Human-readable result of a prepare run, listing duplicates and skipped files."""
     counts = manifest["counts"]
+    duplicates, skipped = manifest.get("duplicates", []), manifest["skipped"]
     lines = [f"prepared {counts['train']} train + {counts['holdout']} holdout images "
              f"({manifest['img_size']}px, crop={manifest['crop']}) into {out_dir}"]
-    duplicates = manifest.get("duplicates", [])
-    if duplicates:
-        lines.append(f"kept {len(duplicates)} identical file(s) once (same bytes):")
-        lines += [f"  {d['key']} = {d['same_bytes_as']}" for d in duplicates[:max_listed]]
-        if len(duplicates) > max_listed:
-            lines.append(f"  ... and {len(duplicates) - max_listed} more, all listed in "
-                         f"{Path(out_dir) / 'manifest.json'}")
-    skipped = manifest["skipped"]
-    if skipped:
-        lines.append(f"skipped {len(skipped)} file(s):")
-        lines += [f"  {s['key']}: {s['reason']}" for s in skipped[:max_listed]]
-        if len(skipped) > max_listed:
-            lines.append(f"  ... and {len(skipped) - max_listed} more, all listed in "
-                         f"{Path(out_dir) / 'manifest.json'}")
+    lines += _listed(f"left out {len(duplicates)} duplicate file(s), the same bytes as a kept one:",
+                     [f"{d['key']} = {d['same_bytes_as']}" for d in duplicates], out_dir,
+                     max_listed)
+    lines += _listed(f"skipped {len(skipped)} file(s):",
+                     [f"{s['key']}: {s['reason']}" for s in skipped], out_dir, max_listed)
     return "\n".join(lines)
