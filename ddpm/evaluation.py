@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from ddpm.progress import progress_bar
 
 from ddpm.analysis import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
@@ -29,6 +28,7 @@ from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
 from ddpm.generation import iter_shards, run_sampler
 from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
+from ddpm.progress import progress_bar
 from ddpm.training.callbacks import to_uint8
 from ddpm.training.data import PreparedImages, read_manifest
 from ddpm.weights import load_model
@@ -103,10 +103,11 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
     samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
     samples = json.loads((samples_dir / "manifest.json").read_text())
     reference, _ = check_inputs(ref_npz, samples["n"], fid)  # fail before Inception runs
-    features = _features(iter_shards(samples_dir), samples["n"], fid.weights, fid.batch_size,
-                         device, "FID generated")
+    shards = list(iter_shards(samples_dir))  # read once: Inception and the pixel metrics
+    features = _features(iter(shards), samples["n"], fid.weights, fid.batch_size, device,
+                         "FID generated")
     fid_value = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
-    pixels = np.concatenate(list(iter_shards(samples_dir)))
+    pixels = np.concatenate(shards)
     more = sample_metrics(features, pixels, ref_npz, Path(prepared_dir), Path(figures_dir),
                           fid, device)
     inception = weights_info(resolve_weights(fid.weights))

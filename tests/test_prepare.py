@@ -22,7 +22,8 @@ from ddpm.config import DataConfig
 from ddpm.data import images as images_module
 from ddpm.data import sources as sources_module
 from ddpm.data.images import CELEBA_BOX, crop_box
-from ddpm.data.prepare import in_holdout, prepare_dataset
+from ddpm.data.prepare import prepare_dataset
+from ddpm.data.splits import in_holdout
 from ddpm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

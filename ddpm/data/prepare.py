@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
-from ddpm.data.splits import Splitter, in_holdout  # noqa: F401 (in_holdout: public here too)
+from ddpm.data.splits import Splitter
 from ddpm.config import DataConfig
 from ddpm.errors import DataError
 from ddpm.progress import progress_bar
@@ -176,10 +176,10 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
     with bar:
         for key, png, reason, digest in _processed(opened.items(), workers, settings):
             bar.update()
-            if png is not None and digest in first_key:  # source order: the first copy stays
-                duplicates.append({"key": key, "same_bytes_as": first_key[digest]})
-                continue
             if png is not None:
+                if digest in first_key:  # source order: the first copy stays
+                    duplicates.append({"key": key, "same_bytes_as": first_key[digest]})
+                    continue
                 first_key[digest] = key
                 split, reason = splitter.split(key)
             if reason is not None:
@@ -202,7 +202,7 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
         "img_size": img_size,
         "holdout_fraction": data.holdout_fraction,
         "split_rule": splitter.rule,
-        "split_files": split_file_hashes(data),
+        "split_files": splitter.file_sha256,
         "format": "Parquet shards; columns key (string), image (PNG bytes, RGB, img_size²)",
         "counts": {split: writers[split].count for split in SPLITS},
         "shards": {split: writers[split].shards for split in SPLITS},
@@ -213,13 +213,6 @@ def _prepare_into(opened, staging: Path, data: DataConfig, img_size: int, worker
     }
     _write_json(staging / "manifest.json", manifest)
     return manifest
-
-
-def split_file_hashes(data: DataConfig) -> dict[str, str]:
-    """sha256 of the identity/partition list in use, so a changed list changes the manifest."""
-    files = {"identity_file": data.identity_file, "partition_file": data.partition_file}
-    return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for name, path in files.items() if path}
 
 
 def _listed(title: str, rows: list[str], out_dir: str | Path, max_listed: int) -> list[str]:

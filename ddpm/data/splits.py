@@ -30,25 +30,26 @@ def in_holdout(key: str, holdout_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < holdout_fraction
 
 
-def read_image_list(path: str, param: str) -> dict[str, str]:
-    """{image file name: value} from a two-column text file ("000001.jpg 2880")."""
+def read_image_list(path: str, param: str) -> tuple[dict[str, str], str]:
+    """({image file name: value}, sha256 of the file) from a two-column text file
+    ("000001.jpg 2880"); the hash goes into the manifest, so an edited list shows."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{param} = {path!r}: file not found; give the path of the list "
                         "or set it to \"\"")
+    data = file.read_bytes()
     table = {}
-    with file.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise DataError(f"{path}:{number}: expected 'image value', got {line.strip()!r}"
-                                f"; is {param} the right file?")
-            table[fields[0]] = fields[1]
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"{path}:{number}: expected 'image value', got {line.strip()!r}"
+                            f"; is {param} the right file?")
+        table[fields[0]] = fields[1]
     if not table:
         raise DataError(f"{param} = {path!r}: no entries; is it the right file?")
-    return table
+    return table, hashlib.sha256(data).hexdigest()
 
 
 class Splitter:
@@ -59,10 +60,14 @@ class Splitter:
             raise DataError("data.identity_file and data.partition_file are both set; set one "
                             "(CelebA's official partition already keeps people apart)")
         self.fraction = data.holdout_fraction
-        self.persons = (read_image_list(data.identity_file, "data.identity_file")
-                        if data.identity_file else None)
-        self.partition = (read_image_list(data.partition_file, "data.partition_file")
-                          if data.partition_file else None)
+        self.persons = self.partition = None
+        self.file_sha256: dict[str, str] = {}  # the list in use, by param name
+        if data.identity_file:
+            self.persons, self.file_sha256["identity_file"] = read_image_list(
+                data.identity_file, "data.identity_file")
+        if data.partition_file:
+            self.partition, self.file_sha256["partition_file"] = read_image_list(
+                data.partition_file, "data.partition_file")
 
     @property
     def rule(self) -> str:
