@@ -31,6 +31,19 @@ def test_one_update_is_the_convex_combination():
         assert torch.equal(ema_b, b)                       # buffers copied, not averaged
 
 
+def test_update_is_the_per_tensor_arithmetic_to_the_bit():
+    """The fused (foreach) update computes ema·d + (1 − d)·θ exactly as the per-tensor
+    mul_/add_ it replaced: a training run's EMA weights do not change by a bit."""
+    model, d = tiny_model(0), 0.9993
+    ema = EMA(model, d)
+    expected = params(ema.shadow)
+    model.load_state_dict(tiny_model(1).state_dict())
+    for e, p in zip(expected, model.parameters()):
+        e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+    ema.update(model)
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow.parameters(), expected))
+
+
 def test_decay_zero_copies_the_model():
     model = tiny_model(0)
     ema = EMA(model, 0.0)
