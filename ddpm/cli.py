@@ -35,6 +35,8 @@ _SEED = typer.Option(_SAMPLE.seed, help="Image i uses noise seeded by (seed, i).
 _BATCH = typer.Option(_SAMPLE.batch_size, help="Images per batch (changes no image).")
 _PRECISION = typer.Option(_SAMPLE.precision,
                           help="32-true | bf16-mixed (the network under bf16 autocast).")
+_COMPILE = typer.Option(_SAMPLE.compile, help="none | default | reduce-overhead "
+                                              "(torch.compile; + CUDA graphs).")
 _DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N")
 
 
@@ -87,7 +89,7 @@ def sample(
     sampler: str = _SAMPLER, steps: int = _STEPS, eta: float = _ETA, spacing: str = _SPACING,
     solver_spacing: str = _SOLVER_SPACING, variance: str = _VARIANCE, clip_x0: bool = _CLIP_X0,
     use_ema: bool = _USE_EMA, seed: int = _SEED, batch_size: int = _BATCH,
-    precision: str = _PRECISION, device: str = _DEVICE,
+    precision: str = _PRECISION, compile: str = _COMPILE, device: str = _DEVICE,
 ) -> None:
     """Draw n images from a trained model: image i is the generate stage's image i."""
     from ddpm.draw import draw, open_generator, write_images
@@ -95,7 +97,8 @@ def sample(
     settings = _sample_settings(n=n, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
                                 clip_x0=clip_x0, use_ema=use_ema, seed=seed,
-                                batch_size=batch_size, precision=precision)
+                                batch_size=batch_size, precision=precision,
+                                compile=compile)
     engine = open_generator(models, settings, device)
     typer.echo(write_images(draw(engine), out))
 

@@ -128,6 +128,7 @@ class SampleConfig:
     seed: int = 0
     use_ema: bool = True
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)
     num_nodes: int = _bounded(1, ge=1)
@@ -141,6 +142,7 @@ class FidConfig:
     ref_split: Literal["train", "holdout"] = "train"
     batch_size: int = _bounded(50, ge=1)
     weights: str = ""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # where Inception runs
     splits: int = _bounded(4, ge=2)             # FID of this many disjoint sample blocks: ± sd
     kid_subsets: int = _bounded(100, ge=1)      # KID: random subsets averaged (± std over them)
     kid_subset_size: int = _bounded(100, ge=2)  # KID: images per subset, capped at each side's N

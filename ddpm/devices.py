@@ -24,3 +24,14 @@ def check_accelerator(section: str, accelerator: str, devices: int) -> None:
     if devices > gpus:
         raise ConfigError(f"{section}.devices = {devices}: only {gpus} GPU(s) visible on this "
                           f"machine; lower it or use {section}.accelerator = cpu")
+
+
+def torch_device(section: str, accelerator: str) -> str:
+    """The torch device for `section.accelerator`: the GPU for gpu, and for auto when
+    CUDA sees one; else the CPU. One line (ConfigError) if gpu is asked for and absent."""
+    check_accelerator(section, accelerator, 1)
+    if accelerator == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if accelerator == "gpu" else "cpu"  # gpu passed the check: Apple's MPS

@@ -25,7 +25,7 @@ from ddpm.errors import ConfigError
 from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       load_inception, load_statistics, resolve_weights, save_statistics,
                       weights_info)
-from ddpm.generation import iter_shards, run_sampler
+from ddpm.generation import iter_shards, run_sampler, sampling_net
 from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.progress import progress_bar
@@ -95,6 +95,14 @@ def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split
     return meta
 
 
+def generated_fid(shards: Sequence[np.ndarray], n: int, ref_npz: str | Path, fid: FidConfig,
+                  device="cpu") -> tuple[float, np.ndarray]:
+    """(FID, Inception features [n, 2048]) of the generated images `shards` (uint8
+    [k, H, W, 3] arrays, n images in all) against the reference statistics."""
+    features = _features(iter(shards), n, fid.weights, fid.batch_size, device, "FID generated")
+    return frechet_distance(*feature_statistics(features), *load_statistics(ref_npz)), features
+
+
 def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
                   fid: FidConfig, prepared_dir: str | Path, figures_dir: str | Path,
                   device="cpu") -> dict:
@@ -104,9 +112,7 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
     samples = json.loads((samples_dir / "manifest.json").read_text())
     reference, _ = check_inputs(ref_npz, samples["n"], fid)  # fail before Inception runs
     shards = list(iter_shards(samples_dir))  # read once: Inception and the pixel metrics
-    features = _features(iter(shards), samples["n"], fid.weights, fid.batch_size, device,
-                         "FID generated")
-    fid_value = frechet_distance(*feature_statistics(features), *load_statistics(ref_npz))
+    fid_value, features = generated_fid(shards, samples["n"], ref_npz, fid, device)
     pixels = np.concatenate(shards)
     more = sample_metrics(features, pixels, ref_npz, Path(prepared_dir), Path(figures_dir),
                           fid, device)
@@ -153,6 +159,7 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     has the same initial noise at every point, so the points differ by the sampler only.
     """
     net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
+    net = sampling_net(net, sample, device)  # once: every point reuses the compiled graph
     points = sweep_points(samplers, steps_list, schedule.timesteps)
     inception = load_inception(weights, device)
     reference = load_statistics(ref_npz)

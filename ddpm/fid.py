@@ -6,10 +6,11 @@ covariance of the 2048-d pool features of the Inception network of the TTUR code
 
 Everything that decides the number comes from pytorch-fid, unchanged: its
 `InceptionV3` (the FID variant built by `fid_inception_v3`, with its 299-px
-bilinear resize and [-1, 1] scaling), its `ToTensor` preprocessing, its statistics
-and its `calculate_frechet_distance`. This module only adds: loading the weights
-from a file without network, images as uint8 arrays instead of files, and
-statistics saved with their provenance.
+bilinear resize and [-1, 1] scaling), its statistics and its
+`calculate_frechet_distance`; its `ToTensor` preprocessing (x / 255) is done the
+same way, to the bit, but on the device. This module only adds: loading the
+weights from a file without network, images as uint8 arrays instead of files
+(moved to the device as uint8), and statistics saved with their provenance.
 
 Only `pt_inception-2015-12-05-6726825d.pth` gives FIDs comparable with published
 numbers; `weights_info` says whether a weights file is that one.
@@ -26,7 +27,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import InceptionV3
@@ -132,11 +132,21 @@ def load_inception(weights: str = "", device: str | torch.device = "cpu") -> tor
 # ------------------------------------------------------------------ features
 
 
-def images_to_tensor(batch: np.ndarray) -> torch.Tensor:
-    """uint8 [N,H,W,3] → float [N,3,H,W] in [0, 1], via the same ToTensor as pytorch-fid."""
+def images_to_tensor(batch: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 [N,H,W,3] → float [N,3,H,W] in [0, 1] on `device`, equal to pytorch-fid's ToTensor.
+
+    The pixels cross to the device as uint8 (a quarter of float32's bytes; from
+    pinned memory to a GPU, so the copy runs beside the host's work) and become
+    floats there. x / 255 in float32 is the division ToTensor does, so the values
+    are the same to the bit; the tensor is made contiguous (NCHW) as ToTensor's
+    is, so Inception's kernels see the layout they see in pytorch-fid.
+    """
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected uint8 images [N,H,W,3], got {batch.dtype} {batch.shape}")
-    return torch.stack([TF.to_tensor(image) for image in batch])
+    x = torch.from_numpy(np.ascontiguousarray(batch))  # [N, H, W, 3] uint8
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).contiguous().float().div(255)
 
 
 def inception_features(batches: Iterable[np.ndarray], model: torch.nn.Module,
@@ -145,20 +155,21 @@ def inception_features(batches: Iterable[np.ndarray], model: torch.nn.Module,
     """Pool features [N, 2048] float64 of uint8 image batches, as pytorch-fid computes them.
 
     `model` resizes to 299 and scales to [-1, 1] itself (pytorch-fid's InceptionV3).
-    `progress(n)` is called after each batch with the number of images in it.
+    `progress(n)` is called after each batch with the number of images in it. The
+    features stay on the device until the end: no per-batch wait for the GPU, so
+    the host reads and copies the next batch while it computes.
     """
     model.eval()  # BatchNorm must use its running statistics, as in pytorch-fid
     features = []
     for batch in batches:
-        x = images_to_tensor(batch).to(device)
         with torch.no_grad():
-            pool = model(x)[0]  # [n, 2048, 1, 1]
-        features.append(pool.squeeze(3).squeeze(2).cpu().numpy().astype(np.float64))
+            pool = model(images_to_tensor(batch, device))[0]  # [n, 2048, 1, 1]
+        features.append(pool.flatten(1))
         if progress is not None:
             progress(len(batch))
     if not features:
         return np.empty((0, FEATURE_DIM))
-    return np.concatenate(features)
+    return torch.cat(features).cpu().numpy().astype(np.float64)
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ddpm.atomic import write_atomically, write_json_atomically, write_text_atomically
+from ddpm.compiling import CompiledNet
 from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
@@ -58,6 +59,8 @@ def file_sha256(path: Path) -> str:
 
 
 # Settings that do not change any image: a run may resume or extend with other values.
+# precision and compile stay in: bf16 changes pixels by a few levels, and compiled
+# kernels fuse (and, under bf16, round) differently, so their shards must not mix.
 NOT_FINGERPRINTED = ("n", "batch_size", "accelerator", "devices", "num_nodes",
                      "sweep_samplers", "sweep_steps", "sweep_n")
 
@@ -126,13 +129,28 @@ class AutocastNet(torch.nn.Module):
             return self.net(x, t).float()
 
 
-def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
-                img_size: int, device, trajectory_frames: int = 0):
-    """Samples for `indices` (a batch) with the configured sampler; a SampleResult."""
-    generators = sample_generators(sample.seed, indices)
-    noise = initial_noise(generators, (3, img_size, img_size), device)
+def sampling_net(net: torch.nn.Module, sample: SampleConfig,
+                 device: str | torch.device) -> torch.nn.Module:
+    """The network as the sampler calls it: under bf16 autocast and compiled, per `sample`.
+
+    Build it once per model: each new wrapper would compile again.
+    """
     if sample.precision == "bf16-mixed":
         net = AutocastNet(net, torch.device(device).type)
+    if sample.compile != "none":
+        net = CompiledNet(net, sample.compile)  # autocast inside the traced graph
+    return net
+
+
+def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
+                img_size: int, device, trajectory_frames: int = 0):
+    """Samples for `indices` (a batch) with the configured sampler; a SampleResult.
+
+    `net` is the sampling network (`sampling_net`): precision and compilation are
+    applied there, once, not per batch.
+    """
+    generators = sample_generators(sample.seed, indices)
+    noise = initial_noise(generators, (3, img_size, img_size), device)
     return sample_images(sample.sampler, net, schedule, noise, generators, steps=sample.steps,
                          eta=sample.eta, spacing=sample.spacing,
                          solver_spacing=sample.solver_spacing, variance=sample.variance,
@@ -143,20 +161,23 @@ def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
 @dataclass
 class Generator:
     """Generates the shards assigned to one rank."""
-    net: torch.nn.Module
+    net: torch.nn.Module  # as trained, in eval mode on `device`; the sampler calls `sampler_net`
     schedule: object
     sample: SampleConfig
     prediction: str
     img_size: int
     device: torch.device
 
+    def __post_init__(self):
+        self.sampler_net = sampling_net(self.net, self.sample, self.device)
+
     def images(self, indices: range, bar: tqdm | None = None) -> np.ndarray:
         """Samples `indices` as uint8 [k, H, W, 3], `sample.batch_size` at a time."""
         images = []
         for start in range(indices.start, indices.stop, self.sample.batch_size):
             batch = range(start, min(start + self.sample.batch_size, indices.stop))
-            result = run_sampler(self.net, self.schedule, self.sample, self.prediction, batch,
-                                 self.img_size, self.device)
+            result = run_sampler(self.sampler_net, self.schedule, self.sample, self.prediction,
+                                 batch, self.img_size, self.device)
             images.append(to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
             if bar is not None:
                 bar.update(len(batch))
@@ -260,9 +281,11 @@ def write_grid(images: np.ndarray, path: Path) -> None:
 
 def write_trajectory(engine: Generator, path: Path) -> None:
     """An animated GIF: for a few fixed seeds, x_t (top row) and predicted x0 (bottom row)."""
-    result = run_sampler(engine.net, engine.schedule, engine.sample, engine.prediction,
-                         range(TRAJECTORY_SEEDS), engine.img_size, engine.device,
-                         trajectory_frames=TRAJECTORY_FRAMES)
+    # Uncompiled: a graph for one more batch shape would take longer than these few images.
+    eager = replace(engine.sample, compile="none")
+    result = run_sampler(sampling_net(engine.net, eager, engine.device), engine.schedule, eager,
+                         engine.prediction, range(TRAJECTORY_SEEDS), engine.img_size,
+                         engine.device, trajectory_frames=TRAJECTORY_FRAMES)
     frames = []
     for t, x_t, x0_hat in result.trajectory:
         both = torch.cat([to_uint8(x_t), to_uint8(x0_hat)])  # [2·seeds, 3, H, W]

@@ -3,10 +3,10 @@ the generated samples against the cached real-image reference."""
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ddpm.config import load_params
+from ddpm.devices import torch_device
 from ddpm.errors import one_line_errors
 from ddpm.evaluation import score_samples
 
@@ -20,7 +20,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          out: Path = typer.Option(Path("metrics/fid.json"), help="Output metrics.")) -> None:
     """Sample metrics of samples/ against the reference (pytorch-fid's FID and network)."""
     fid = load_params(params).fid
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device("fid", fid.accelerator)
     m = score_samples(samples, ref, out, fid=fid, prepared_dir=data, figures_dir=figures,
                       device=device)
     official = "" if m["inception_official"] else " (stand-in Inception weights)"

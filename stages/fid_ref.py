@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ddpm.config import load_params
+from ddpm.devices import torch_device
 from ddpm.errors import one_line_errors
 from ddpm.evaluation import reference_statistics
 
@@ -17,7 +17,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     """μ and Σ of the 2048-d Inception pool features of fid.ref_split (pytorch-fid's .npz),
     and the features of up to fid.max_real images per split (features.npz beside it)."""
     fid = load_params(params).fid
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device("fid", fid.accelerator)
     meta = reference_statistics(data, out, split=fid.ref_split, weights=fid.weights,
                                 batch_size=fid.batch_size, max_real=fid.max_real,
                                 device=device)

@@ -3,10 +3,10 @@ sample.sweep_steps)."""
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ddpm.config import load_params
+from ddpm.devices import torch_device
 from ddpm.errors import one_line_errors
 from ddpm.evaluation import fid_sweep
 
@@ -18,7 +18,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          out: Path = typer.Option(Path("sweep"), help="Output folder.")) -> None:
     """sample.sweep_n samples per sampler and step count, each scored by FID."""
     config = load_params(params)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Sampling and Inception on one device: fid.accelerator's.
+    device = torch_device("fid", config.fid.accelerator)
     sample = config.sample
     table = fid_sweep(models, ref, out, sample, sample.sweep_samplers, sample.sweep_steps,
                       sample.sweep_n, weights=config.fid.weights,

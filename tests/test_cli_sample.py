@@ -89,6 +89,7 @@ def test_trajectory_writes_the_generate_stages_movie(model_dir, generated, tmp_p
     (["sample", "{missing}"], "no trained model"),
     (["sample", "{models}", "--steps", "5000"], "--steps 5000: must be <= the model's"),
     (["sample", "{models}", "--sampler", "euler"], "--sampler = 'euler': must be one of"),
+    (["sample", "{models}", "--compile", "max"], "--compile = 'max': must be one of 'none'"),
     (["trajectory", "{models}", "--out", "{tmp}/movie.mp4"], "give a path ending in .gif"),
 ])
 def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(model_dir, tmp_path, args,

@@ -20,6 +20,7 @@ NO_GPU = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     ("train", "train", ["--data", "data", "--models", "models", "--state", "state",
                         "--live", "live"]),
     ("generate", "sample", ["--models", "models", "--out", "samples"]),
+    ("fid_ref", "fid", ["--data", "data", "--out", "fid_ref/stats.npz"]),
 ])
 def test_gpu_accelerator_without_a_gpu_is_one_line_and_exit_2(tmp_path, stage, section,
                                                               outputs):
@@ -41,3 +42,14 @@ def test_too_many_gpus_names_the_devices_key(monkeypatch):
     check_accelerator("train", "cpu", 8)
     with pytest.raises(ConfigError, match=r"^train.devices = 4: only 2 GPU\(s\) visible"):
         check_accelerator("train", "gpu", 4)
+
+
+def test_fid_device_follows_fid_accelerator(monkeypatch):
+    """auto is the GPU exactly when CUDA sees one (the FID stages' old rule); cpu stays."""
+    from ddpm.devices import torch_device
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda cuda=cuda: int(cuda))
+        assert torch_device("fid", "auto") == ("cuda" if cuda else "cpu")
+        assert torch_device("fid", "cpu") == "cpu"
+    assert torch_device("fid", "gpu") == "cuda"

@@ -160,6 +160,23 @@ def test_inception_features_reports_progress_per_batch(inception):
         fid.inception_features([images.astype(np.float32)], inception)
 
 
+def test_uint8_moved_then_divided_equals_pytorch_fid_to_tensor(image_sets, inception):
+    """images_to_tensor moves uint8 pixels and divides by 255 where they land: the same
+    floats, bit for bit and in the same NCHW layout, as pytorch-fid's per-image
+    ToTensor, so the features equal those of the host path it replaced."""
+    import torchvision.transforms.functional as TF
+
+    images = image_sets["faces"][:6]
+    to_tensor = torch.stack([TF.to_tensor(image) for image in images])  # pytorch-fid's way
+    moved = fid.images_to_tensor(images, "cpu")
+    assert moved.dtype == torch.float32 and moved.is_contiguous()
+    assert torch.equal(moved, to_tensor)
+    with torch.no_grad():
+        expected = inception(to_tensor)[0].flatten(1).double().numpy()
+    np.testing.assert_allclose(fid.inception_features([images], inception), expected,
+                               rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------ weights
 
 

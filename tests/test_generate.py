@@ -202,3 +202,58 @@ def test_bf16_samples_stay_close_to_float32_ones(tmp_path, sampler):
     # the bounds leave room for other kernels' rounding.
     assert diff.mean() < 1.0, diff.mean()
     assert diff.max() <= 8, diff.max()
+
+
+def _untrained_model(out: Path) -> Path:
+    params = tiny.params(model={"zero_init": False})  # a zero network would hide any difference
+    torch.manual_seed(0)
+    net = build_model(params.model)
+    config = {"model": vars(params.model), "diffusion": vars(params.diffusion)}
+    save_model(net, net, out, json.loads(json.dumps(config)))
+    return out
+
+
+def _compiled_and_eager_images(tmp_path, sample: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
+    models = _untrained_model(tmp_path / "models")
+    images = {}
+    for mode in ("none", sample.compile):
+        generate(models, tmp_path / mode, replace(sample, compile=mode), progress=False)
+        images[mode] = np.load(shard_path(tmp_path / mode, 0)).astype(np.int16)
+    return images["none"], images[sample.compile]
+
+
+@pytest.mark.parametrize("mode,precision,sampler", [("default", "32-true", "ddim"),
+                                                    ("reduce-overhead", "bf16-mixed", "dpmpp_2m")])
+def test_compiled_sampling_network_gives_the_same_images(tmp_path, monkeypatch, mode,
+                                                         precision, sampler):
+    """sample.compile traces the sampling network (autocast inside) once and the images
+    stay those of the plain network. Inductor takes about a minute per graph on this
+    CPU, so this test compiles with aot_eager (Dynamo + AOTAutograd, ordinary kernels:
+    ddpm/compiling.py); the inductor run is the slow test below. DPM-Solver++ keeps the
+    previous step's output, which reduce-overhead's CUDA graphs would overwrite without
+    CompiledNet's copy."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("DDPM_COMPILE_BACKEND", "aot_eager")
+    counters.clear()
+    sample = replace(SAMPLE, n=8, sampler=sampler, batch_size=8, shard_size=8,
+                     precision=precision, compile=mode)
+    eager, compiled = _compiled_and_eager_images(tmp_path, sample)
+    assert counters["stats"]["unique_graphs"] >= 1  # the network really went through Dynamo
+    diff = np.abs(eager - compiled)
+    assert diff.max() <= 1, diff.max()  # decompositions may round differently, no more
+    fingerprints = [json.loads((tmp_path / m / "fingerprint.json").read_text())
+                    for m in ("none", mode)]
+    assert fingerprints[0]["sample"]["compile"] == "none" != fingerprints[1]["sample"]["compile"]
+
+
+@pytest.mark.slow
+def test_inductor_compiled_sampling_stays_within_float_rounding(tmp_path, monkeypatch):
+    """The real backend (inductor's generated C++ on this CPU, about a minute to compile):
+    fused kernels round differently, so a pixel may move by one level, rarely."""
+    monkeypatch.delenv("DDPM_COMPILE_BACKEND", raising=False)
+    sample = replace(SAMPLE, n=8, sampler="ddim", batch_size=8, shard_size=8,
+                     compile="default")
+    eager, compiled = _compiled_and_eager_images(tmp_path, sample)
+    diff = np.abs(eager - compiled)
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddpm.compiling import compile_module
 from ddpm.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
 from ddpm.diffusion.forward import (predict_x0_and_eps, prediction_target, q_sample,
                                     training_loss)
@@ -31,12 +32,16 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 class DiffusionSystem(L.LightningModule):
-    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, train: TrainConfig):
+    """`net(x, t)` trained on the diffusion loss; `net` defaults to `build_model(model)`
+    (scripts/gpu_bench.py passes a peer network through the same loop)."""
+
+    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, train: TrainConfig,
+                 net: torch.nn.Module | None = None):
         super().__init__()
         self.save_hyperparameters({"model": to_dict(model), "diffusion": to_dict(diffusion),
                                    "train": to_dict(train)})
         self.model_config, self.diffusion, self.train_config = model, diffusion, train
-        self.net = build_model(model)
+        self.net = build_model(model) if net is None else net
         if train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.schedule = NoiseSchedule.from_name(diffusion.schedule, diffusion.timesteps)
@@ -47,7 +52,7 @@ class DiffusionSystem(L.LightningModule):
         self.ema_net = self.ema.shadow
         # torch.compile wraps the network for the forward pass only; parameters,
         # EMA and checkpoints stay on the plain module (no "_orig_mod." keys).
-        self._forward_net = torch.compile(self.net) if train.compile else self.net
+        self._forward_net = compile_module(self.net) if train.compile else self.net
         # Wall time of training, summed over every run that resumed this one.
         self.seconds_before, self._fit_start = 0.0, time.perf_counter()
 
