@@ -49,6 +49,7 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm.atomic import write_text_atomically
 from ddpm.config import (DataConfig, DiffusionConfig, ModelConfig, TrainConfig, load_params,
                          to_dict)
 from ddpm.data.prepare import prepare_dataset
@@ -322,7 +323,8 @@ def write_params(plan: Plan, work: Path, devices: int) -> Path:
                          "shard_size": plan.shard_size, "precision": "bf16-mixed",
                          "compile": plan.sample_compile, "devices": devices},
               "fid": {"batch_size": plan.fid_batch, "weights": weights}}
-    paths["params"].write_text(yaml.safe_dump(params, sort_keys=False))
+    # Atomically: DDP ranks re-run this part and write the same file while others read it.
+    write_text_atomically(paths["params"], yaml.safe_dump(params, sort_keys=False))
     return paths["params"]
 
 
