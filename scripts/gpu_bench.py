@@ -252,18 +252,24 @@ def train_flops_per_image(net, plan: Plan) -> float:
 
 
 class StepTimer(L.Callback):
-    """Wall time of the optimizer steps after `warmup` (compilation, autotuning, allocator)."""
+    """Wall time of the optimizer steps after `warmup` (compilation, autotuning, allocator).
+
+    The GPU is waited for only where the clock is read (the end of step `warmup` and
+    of training), so the timer itself stalls no step.
+    """
 
     def __init__(self, warmup: int):
         self.warmup, self.start, self.steps, self.elapsed = warmup, None, 0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        sync()
-        if trainer.global_step == self.warmup:
+        if trainer.global_step == self.warmup and self.start is None:
+            sync()
             self.start = time.perf_counter()
-        elif trainer.global_step > self.warmup:
-            self.steps = trainer.global_step - self.warmup
-            self.elapsed = time.perf_counter() - self.start
+
+    def on_train_end(self, trainer, pl_module):
+        sync()
+        self.steps = trainer.global_step - self.warmup
+        self.elapsed = time.perf_counter() - self.start
 
 
 TRAIN_VARIANTS = {  # name → (network, compile + channels_last, devices: 1 or all GPUs)
