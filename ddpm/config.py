@@ -87,10 +87,10 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = _bounded(1200, ge=1)
+    max_steps: int = _bounded(2400, ge=1)
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "bf16-mixed"
     lr: float = _bounded(1e-3, gt=0.0)
     warmup_steps: int = _bounded(100, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -104,7 +104,7 @@ class TrainConfig:
     num_nodes: int = _bounded(1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True
     num_workers: int = _bounded(0, ge=0)
     val_every: int = _bounded(200, ge=1)
     val_images: int = _bounded(64, ge=1)
@@ -117,7 +117,7 @@ class TrainConfig:
 class SampleConfig:
     n: int = _bounded(200, ge=1)
     sampler: Literal[SAMPLER_NAMES] = "dpmpp_2m"  # the sampler registry's names
-    steps: int = _bounded(20, ge=1)
+    steps: int = _bounded(10, ge=1)
     eta: float = _bounded(0.0, ge=0.0)
     spacing: Literal[SPACINGS] = "uniform"
     solver_spacing: Literal[SPACINGS] = "logsnr"
