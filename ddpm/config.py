@@ -87,7 +87,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = _bounded(2400, ge=1)
+    max_steps: int = _bounded(3600, ge=1)
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "bf16-mixed"
