@@ -116,7 +116,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = _bounded(200, ge=1)
-    sampler: Literal[SAMPLER_NAMES] = "dpmpp_2m"  # the sampler registry's names
+    sampler: Literal[SAMPLER_NAMES] = "unipc"  # the sampler registry's names
     steps: int = _bounded(10, ge=1)
     eta: float = _bounded(0.0, ge=0.0)
     spacing: Literal[SPACINGS] = "uniform"
@@ -132,7 +132,7 @@ class SampleConfig:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)
     num_nodes: int = _bounded(1, ge=1)
-    sweep_samplers: list[Literal[SAMPLER_NAMES]] = _list(["ddim", "dpmpp_2m"])
+    sweep_samplers: list[Literal[SAMPLER_NAMES]] = _list(["ddim", "dpmpp_2m", "unipc"])
     sweep_steps: list[int] = _bounded([5, 10, 20], ge=1)
     sweep_n: int = _bounded(100, ge=2)
 
