@@ -72,12 +72,13 @@ def test_text_that_is_not_a_finite_number_is_still_refused(raw, message):
     assert str(err.value) == message
 
 
-DEFAULT_STEPS = SampleConfig().steps  # > 10, so T = 10 refuses the default
+DEFAULT_STEPS = SampleConfig().steps
+SMALL_T = DEFAULT_STEPS - 1  # a T that refuses the default steps
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"diffusion": {"timesteps": 10}},
-     f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps (10); lower sample.steps or raise "
+    ({"diffusion": {"timesteps": SMALL_T}},
+     f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps ({SMALL_T}); lower sample.steps or raise "
      "diffusion.timesteps"),
     ({"diffusion": {"timesteps": 15}, "sample": {"steps": 15}},
      "sample.sweep_steps = [5, 10, 20]: must be <= diffusion.timesteps (15); lower "
@@ -90,13 +91,13 @@ def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):
 
 
 def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
-    params = params_from_dict({"diffusion": {"timesteps": 10},
-                               "sample": {"sampler": "ddpm", "sweep_steps": [5, 10]}})
-    assert params.sample.steps == DEFAULT_STEPS > params.diffusion.timesteps == 10
+    params = params_from_dict({"diffusion": {"timesteps": SMALL_T},
+                               "sample": {"sampler": "ddpm", "sweep_steps": [5]}})
+    assert params.sample.steps == DEFAULT_STEPS > params.diffusion.timesteps == SMALL_T
 
 
 def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
-    (tmp_path / "params.yaml").write_text("diffusion:\n  timesteps: 10\n")
+    (tmp_path / "params.yaml").write_text(f"diffusion:\n  timesteps: {SMALL_T}\n")
     proc = subprocess.run([sys.executable, "-m", "stages.prepare", "--params",
                            str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=REPO)

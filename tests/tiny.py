@@ -17,7 +17,10 @@ MODEL = {"img_size": IMG, "channels": [16, 32], "down_attn": [False, True],
          "mid_channel_indices": [[1, 1]], "up_attn": [False], "up_channel_indices": [[1, 0]],
          "num_res_blocks": 1, "num_heads": 2, "norm_groups": 4}
 TRAIN = {"max_steps": 20, "batch_size": 8, "num_workers": 0, "val_every": 10, "val_images": 8,
-         "sample_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "accelerator": "cpu"}
+         "sample_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "accelerator": "cpu",
+         # float32, contiguous: the demo's bf16 + channels-last defaults buy speed on a
+         # real model; on this toy one they cost, and tests compare arithmetic.
+         "precision": "32-true", "channels_last": False}
 
 
 def raw_params(data=None, model=None, train=None, **sections) -> dict:
