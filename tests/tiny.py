@@ -18,8 +18,9 @@ MODEL = {"img_size": IMG, "channels": [16, 32], "down_attn": [False, True],
          "num_res_blocks": 1, "num_heads": 2, "norm_groups": 4}
 TRAIN = {"max_steps": 20, "batch_size": 8, "num_workers": 0, "val_every": 10, "val_images": 8,
          "sample_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "accelerator": "cpu",
-         # float32, contiguous: the demo's bf16 + channels-last defaults buy speed on a
-         # real model; on this toy one they cost, and tests compare arithmetic.
+         # float32, contiguous: the tests' tolerances and byte-equality checks were set
+         # for float32; bf16 + channels-last (the demo's defaults, chosen for speed on
+         # this CPU) train in the GPU check's CPU smoke run (tests/test_gpu_check.py).
          "precision": "32-true", "channels_last": False}
 
 
