@@ -21,7 +21,9 @@ defaults (only size, steps and batch set by the protocol); the peer with its
 Adam lr 1e-4, EMA 0.995 every 10 steps). Training images/s is steps × batch over
 the wall time of each side's training call (setup included for both), and
 again from optimizer steps of the two networks timed in alternating windows, a
-ratio that holds when other work shares the machine.
+ratio that holds when other work shares the machine; a third window runs the
+peer in ddpm's training formats (bf16 autocast, channels-last), to show how much
+of the gap is the formats and how much the network.
 
     python scripts/bench_quality.py ../shared/data/faces-a --steps 800 --batch 32
 """
@@ -60,28 +62,45 @@ def batches(images: np.ndarray, size: int = 50):
 
 
 def step_rates(params: Params, img_size: int, batch: int, windows: int = 5,
-               steps: int = 5) -> tuple[float, float]:
+               steps: int = 5) -> dict[str, float]:
     """Median img/s of one optimizer step of each network, in alternating windows.
 
-    Interleaving makes both sides see the same background load, so the ratio holds
-    on a busy machine where the full runs' wall times do not.
+    Interleaving makes all sides see the same background load, so the ratios hold
+    on a busy machine where the full runs' wall times do not. "ours" steps in
+    the project's training formats (params.train precision and memory layout);
+    "peer" in its own defaults (float32, contiguous); "peer, our formats" shows
+    how much of the gap those formats alone would close for the peer.
     """
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
     from ddpm.diffusion import NoiseSchedule, training_loss
     from ddpm.models import build_model
 
-    ours = build_model(params.model)
+    bf16 = params.train.precision == "bf16-mixed"
+    layout = torch.channels_last if params.train.channels_last else torch.contiguous_format
+    ours = build_model(params.model).to(memory_format=layout)
     schedule = NoiseSchedule.from_name(params.diffusion.schedule, params.diffusion.timesteps)
     peer = GaussianDiffusion(Unet(dim=PEER_DIM, dim_mults=PEER_MULTS), image_size=img_size)
+    peer_formatted = GaussianDiffusion(Unet(dim=PEER_DIM, dim_mults=PEER_MULTS),
+                                       image_size=img_size).to(memory_format=layout)
     x = torch.rand(batch, 3, img_size, img_size)
+    x_formatted = x.contiguous(memory_format=layout)
+
+    def formatted(loss):  # autocast as Lightning's "bf16-mixed" does on the CPU
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return loss()
+        return step
+
     sides = {
-        "ours": (torch.optim.AdamW(ours.parameters()), lambda: training_loss(
-            ours, schedule, x * 2 - 1, params.diffusion.prediction,
-            loss_weighting=params.diffusion.loss_weighting)),
+        "ours": (torch.optim.AdamW(ours.parameters()), formatted(lambda: training_loss(
+            ours, schedule, x_formatted * 2 - 1, params.diffusion.prediction,
+            loss_weighting=params.diffusion.loss_weighting))),
         "peer": (torch.optim.Adam(peer.parameters()), lambda: peer(x)),
+        "peer, our formats": (torch.optim.Adam(peer_formatted.parameters()),
+                              formatted(lambda: peer_formatted(x_formatted))),
     }
-    rates: dict[str, list[float]] = {"ours": [], "peer": []}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
     for window in range(windows + 1):
         for name, (optimizer, loss) in sides.items():
             start = time.perf_counter()
@@ -91,7 +110,7 @@ def step_rates(params: Params, img_size: int, batch: int, windows: int = 5,
                 optimizer.step()
             if window:  # the first window warms up allocators and caches
                 rates[name].append(steps * batch / (time.perf_counter() - start))
-    return float(np.median(rates["ours"])), float(np.median(rates["peer"]))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def run_ddpm(params: Params, prepared: Path, work: Path) -> tuple[float, float, np.ndarray, int]:
@@ -181,11 +200,14 @@ def main(faces: Path = typer.Argument(..., help="folder of real face images (Cel
     for name, n_params, train_rate, sample_rate, score in rows:
         print(f"| {name} | {n_params / 1e6:.2f}M | {train_rate:.1f} | {sample_rate:.1f} | "
               f"{score:.1f} |")
+    rate = interleaved
     print(f"\nddpm / peer: training speed {rows[0][2] / rows[1][2]:.2f}x over the full runs, "
-          f"{interleaved[0] / interleaved[1]:.2f}x in interleaved step windows "
-          f"({interleaved[0]:.1f} vs {interleaved[1]:.1f} img/s); "
+          f"{rate['ours'] / rate['peer']:.2f}x in interleaved step windows "
+          f"({rate['ours']:.1f} vs {rate['peer']:.1f} img/s; the peer in ddpm's formats "
+          f"{params.train.precision}, channels_last={params.train.channels_last}: "
+          f"{rate['peer, our formats']:.1f} img/s, "
+          f"{rate['ours'] / rate['peer, our formats']:.2f}x); "
           f"FID {rows[0][4]:.1f} vs {rows[1][4]:.1f}")
-
 
 if __name__ == "__main__":
     typer.run(main)
