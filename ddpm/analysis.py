@@ -18,6 +18,7 @@ from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import AnalysisConfig
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.figures import save_figure
 from ddpm.progress import progress_bar
 from ddpm.training.data import PreparedImages
 from ddpm.training.system import to_unit_range
@@ -99,12 +100,6 @@ def plot_timestep_loss(table: pd.DataFrame, path: Path, title: str = "") -> None
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically; fixed metadata keeps PNG bytes reproducible."""
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."),
-                                                   metadata={"Software": None}))
 
 
 def write_analysis(table: pd.DataFrame, out_dir: str | Path, timesteps: int) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddpm.analysis import save_figure
+from ddpm.figures import save_figure
 from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
 

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm.analysis import save_figure
+from ddpm.figures import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import FidConfig, SampleConfig
 from ddpm.diffusion.registry import get_sampler, sampler_nfe
