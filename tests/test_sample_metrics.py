@@ -100,6 +100,27 @@ def test_memorisation_does_not_flag_unseen_images():
     assert flagged(d_copies, base)[0] >= 0.09
 
 
+def test_row_blocks_change_no_result(monkeypatch):
+    # Real runs rarely pass 1,024 rows; blocks of 7 rows put block edges inside these
+    # sets (and a last, shorter block), where an off-by-one would drop or repeat rows.
+    from ddpm.metrics import blocks
+    from ddpm.metrics.memorisation import nearest_cosine
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(30, 5)), rng.normal(0.3, 1.0, size=(25, 5))
+    pixels = rng.integers(0, 256, (25, 4, 4, 3), dtype=np.uint8)
+    whole = (precision_recall(real, fake), nearest_cosine(fake, real),
+             nearest_pixel(pixels[:11], pixels))
+    monkeypatch.setattr(blocks, "CHUNK", 7)
+    blocked = (precision_recall(real, fake), nearest_cosine(fake, real),
+               nearest_pixel(pixels[:11], pixels))
+    assert blocked[0] == whole[0]
+    for (d, i), (d_whole, i_whole) in zip(blocked[1:], whole[1:]):
+        assert len(d) == len(d_whole) and (i == i_whole).all()
+        np.testing.assert_allclose(d, d_whole, rtol=1e-6)
+    assert (blocked[2][1] == np.arange(11)).all()          # each image is its own nearest
+
+
 # ------------------------------------------------------------------ stages and report
 
 

@@ -20,20 +20,16 @@ import torch.nn.functional as F
 
 from ddpm.atomic import write_atomically
 from ddpm.errors import DdpmError
+from ddpm.metrics.blocks import by_row_blocks
 
 PERCENTILE = 1.0  # of the holdout→train distances: the "closer than real unseen images" line
-CHUNK = 1024
 
 
 def _nearest(query: torch.Tensor, train: torch.Tensor, distance) -> tuple[np.ndarray, np.ndarray]:
-    """(distance, index) of each query row's nearest train row, in row chunks."""
-    dists, index = [], []
-    for i in range(0, len(query), CHUNK):
-        d = distance(query[i:i + CHUNK], train)
-        best = d.min(dim=1)
-        dists.append(best.values)
-        index.append(best.indices)
-    return torch.cat(dists).cpu().numpy().astype(np.float64), torch.cat(index).cpu().numpy()
+    """(distance, index) of each query row's nearest train row, in blocks of rows."""
+    best = by_row_blocks(query, train, lambda rows, train: distance(rows, train).min(dim=1))
+    dists = torch.cat([b.values for b in best]).cpu().numpy().astype(np.float64)
+    return dists, torch.cat([b.indices for b in best]).cpu().numpy()
 
 
 def nearest_cosine(query: np.ndarray, train: np.ndarray, device="cpu"):
@@ -91,7 +87,7 @@ def plot_distances(nearest: dict, thresholds: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddpm.analysis import save_figure
+    from ddpm.figures import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, name, label in zip(axes, ("cosine", "pixel"),

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from ddpm.errors import DdpmError
+from ddpm.metrics.blocks import by_row_blocks
 
-PR_K = 3      # nearest neighbours that set a ball's radius (Kynkäänniemi et al. use 3)
-CHUNK = 1024  # rows of a distance block: 1024 × 10,000 float32 is 40 MB
+PR_K = 3  # nearest neighbours that set a ball's radius (Kynkäänniemi et al. use 3)
 
 
 def _rows(a: torch.Tensor, b: torch.Tensor, reduce: Callable) -> torch.Tensor:
     """reduce(distances of a chunk of a's rows to all of b) for every chunk, concatenated."""
-    return torch.cat([reduce(torch.cdist(a[i:i + CHUNK], b)) for i in range(0, len(a), CHUNK)])
+    return torch.cat(by_row_blocks(a, b, lambda rows, b: reduce(torch.cdist(rows, b))))
 
 
 def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
