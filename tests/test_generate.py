@@ -128,8 +128,11 @@ def run_stage(tmp_path: Path, model_dir: Path, out: Path, **sample) -> subproces
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+# The project's own sampler and the default diffusers multistep solver, whose history
+# must restart with each shard (dpmpp_2m shares that path; its batch independence
+# above covers it): a third subprocess chain would add half a minute to every CI run.
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", STEP_SAMPLERS)
+@pytest.mark.parametrize("sampler", ["ddim", "unipc"])
 def test_killed_run_resumes_to_the_same_bytes_and_two_processes_match_one(model_dir,
                                                                           tmp_path, sampler):
     reference = tmp_path / "reference"
