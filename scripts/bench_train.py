@@ -15,6 +15,7 @@ import torch
 import typer
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_formats import train_step  # scripts/ is on the path when run as a script
 from ddpm.config import ModelConfig
 from ddpm.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, SMALL_CHANNELS, WIDE_CHANNELS
 from ddpm.models import build_model
@@ -46,10 +47,7 @@ def rates(config: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
     train, infer = [], []
     for _ in range(repeats + 1):  # the first round warms up allocator and kernels
         start = time.perf_counter()
-        loss = (net(x, t) - x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(net, opt, x, t, bf16=False)
         train.append(batch / (time.perf_counter() - start))
         with torch.no_grad():
             start = time.perf_counter()
