@@ -1,4 +1,4 @@
-"""The FID sweep's points, plot and report table (the FIDs themselves: tests/test_pipeline.py)."""
+"""The FID sweep: its points, its FIDs against pytorch-fid's, plot and report table."""
 
 from __future__ import annotations
 
@@ -54,3 +54,49 @@ def test_plot_has_one_line_per_sampler_and_the_report_shows_the_table(tmp_path):
                          "| dpmpp_2m | 10 | 10 | logsnr | – | 240.1 |",
                          "| ddpm | – | 1000 | – | – | 230 |", ""]
     assert _sweep_table(tmp_path / "absent.csv") == []
+
+
+def test_sweep_fids_equal_pytorch_fids_of_the_same_features(tmp_path, monkeypatch):
+    # The sweep scores each point with the eigenvalue form of the Fréchet distance
+    # (ddpm.metrics.fid_spread); it must give pytorch-fid's number for the same
+    # features. Stub 12-d features stand in for Inception, so sqrtm is instant here.
+    import json
+
+    import numpy as np
+    import torch
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    import tiny
+    from ddpm import evaluation
+    from ddpm.config import SampleConfig
+    from ddpm.fid import feature_statistics, save_statistics
+    from ddpm.models import build_model
+    from ddpm.weights import save_model
+
+    params = tiny.params()
+    torch.manual_seed(0)
+    net = build_model(params.model)
+    models = tmp_path / "models"
+    save_model(net, net, models, json.loads(json.dumps(
+        {"model": vars(params.model), "diffusion": vars(params.diffusion)})))
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(50, 12)) @ rng.normal(size=(12, 12)) / 4 + 0.3
+    mu_r, sigma_r = feature_statistics(reference)
+    save_statistics(tmp_path / "ref.npz", mu_r, sigma_r, {})
+    projection = rng.normal(size=(tiny.IMG * tiny.IMG * 3, 12)) / 300
+    scored = []
+
+    def stub_features(batches, model, device="cpu", progress=None):
+        rows = [batch.reshape(len(batch), -1) / 255 @ projection for batch in batches]
+        scored.append(np.concatenate(rows))
+        return scored[-1]
+
+    monkeypatch.setattr(evaluation, "load_inception", lambda weights, device: None)
+    monkeypatch.setattr(evaluation, "inception_features", stub_features)
+    sample = SampleConfig(n=10, steps=3, batch_size=4, accelerator="cpu")
+    table = evaluation.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", sample,
+                                 ["ddim", "unipc"], [2, 3], 10, weights="stub", batch_size=4)
+    assert len(table) == len(scored) == 4
+    for fid, features in zip(table["fid"], scored):
+        theirs = calculate_frechet_distance(*feature_statistics(features), mu_r, sigma_r)
+        assert fid == pytest.approx(theirs, rel=1e-6, abs=1e-3)
