@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddpm.figures import save_figure
 from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
+from ddpm.figures import save_figure
 
 KEY_METRICS = ("fid", "fid_blocks.mean", "kid.mean", "precision_recall.precision",
                "precision_recall.recall", "memorisation.fraction_cosine", "n_generated",

@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm.figures import save_figure
 from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import FidConfig, SampleConfig
 from ddpm.diffusion.registry import get_sampler, sampler_nfe
@@ -25,6 +24,7 @@ from ddpm.errors import ConfigError
 from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
                       load_inception, load_statistics, resolve_weights, save_statistics,
                       weights_info)
+from ddpm.figures import save_figure
 from ddpm.generation import iter_shards, run_sampler, sampling_net
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features

@@ -178,7 +178,7 @@ def main(faces: Path = typer.Argument(..., help="folder of real face images (Cel
             train=replace(defaults.train, max_steps=steps, batch_size=batch),
             sample=replace(defaults.sample, n=samples, sampler="ddim", steps=sampler_steps,
                            eta=0.0))
-        interleaved = step_rates(params, img_size, batch)
+        rate = step_rates(params, img_size, batch)  # img/s per side, interleaved windows
         (work / "ddpm").mkdir()
         ours = run_ddpm(params, prepared, work / "ddpm")
         (work / "peer").mkdir()
@@ -200,7 +200,6 @@ def main(faces: Path = typer.Argument(..., help="folder of real face images (Cel
     for name, n_params, train_rate, sample_rate, score in rows:
         print(f"| {name} | {n_params / 1e6:.2f}M | {train_rate:.1f} | {sample_rate:.1f} | "
               f"{score:.1f} |")
-    rate = interleaved
     print(f"\nddpm / peer: training speed {rows[0][2] / rows[1][2]:.2f}x over the full runs, "
           f"{rate['ours'] / rate['peer']:.2f}x in interleaved step windows "
           f"({rate['ours']:.1f} vs {rate['peer']:.1f} img/s; the peer in ddpm's formats "

@@ -27,7 +27,7 @@ PERCENTILE = 1.0  # of the holdout→train distances: the "closer than real unse
 
 def _nearest(query: torch.Tensor, train: torch.Tensor, distance) -> tuple[np.ndarray, np.ndarray]:
     """(distance, index) of each query row's nearest train row, in blocks of rows."""
-    best = by_row_blocks(query, train, lambda rows, train: distance(rows, train).min(dim=1))
+    best = by_row_blocks(query, train, lambda rows, rest: distance(rows, rest).min(dim=1))
     dists = torch.cat([b.values for b in best]).cpu().numpy().astype(np.float64)
     return dists, torch.cat([b.indices for b in best]).cpu().numpy()
 

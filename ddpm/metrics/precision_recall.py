@@ -25,8 +25,8 @@ PR_K = 3  # nearest neighbours that set a ball's radius (Kynkäänniemi et al. u
 
 
 def _rows(a: torch.Tensor, b: torch.Tensor, reduce: Callable) -> torch.Tensor:
-    """reduce(distances of a chunk of a's rows to all of b) for every chunk, concatenated."""
-    return torch.cat(by_row_blocks(a, b, lambda rows, b: reduce(torch.cdist(rows, b))))
+    """reduce(distances of a block of a's rows to all of b) for every block, concatenated."""
+    return torch.cat(by_row_blocks(a, b, lambda rows, rest: reduce(torch.cdist(rows, rest))))
 
 
 def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
