@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,8 +13,6 @@ import tiny
 from ddpm.cli import app
 from ddpm.config import SampleConfig
 from ddpm.generation import generate, iter_shards
-from ddpm.models import build_model
-from ddpm.weights import save_model
 
 # Few images and steps: the test is about which noise image i gets, not quality.
 SAMPLE = SampleConfig(n=6, sampler="ddim", steps=4, batch_size=4, shard_size=4, eta=0.5)
@@ -28,13 +24,7 @@ OPTIONS = ["--n", "6", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--b
 def model_dir(tmp_path_factory, one_thread) -> Path:
     """A tiny UNet saved as the train stage saves it; random (not zero) output layers, so
     the images depend on the weights too."""
-    out = tmp_path_factory.mktemp("models")
-    params = tiny.params(model={"zero_init": False})
-    torch.manual_seed(0)
-    net = build_model(params.model)
-    config = {"model": vars(params.model), "diffusion": vars(params.diffusion)}
-    save_model(net, net, out, json.loads(json.dumps(config)))
-    return out
+    return tiny.untrained_model(tmp_path_factory.mktemp("models"), zero_init=False)
 
 
 @pytest.fixture(scope="module")

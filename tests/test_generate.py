@@ -13,14 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import tiny
 from ddpm.config import SampleConfig
 from ddpm.generation import generate, shard_path
-from ddpm.models import build_model
-from ddpm.weights import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = SampleConfig(n=40, sampler="ddim", steps=8, batch_size=7, shard_size=16,
@@ -30,13 +27,7 @@ SAMPLE = SampleConfig(n=40, sampler="ddim", steps=8, batch_size=7, shard_size=16
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained tiny UNet saved like the train stage does (determinism needs no training)."""
-    out = tmp_path_factory.mktemp("models")
-    params = tiny.params()
-    torch.manual_seed(0)
-    net = build_model(params.model)
-    config = {"model": vars(params.model), "diffusion": vars(params.diffusion)}
-    save_model(net, net, out, json.loads(json.dumps(config)))
-    return out
+    return tiny.untrained_model(tmp_path_factory.mktemp("models"))
 
 
 def shards(out: Path) -> dict[str, bytes]:
@@ -187,12 +178,8 @@ def test_two_generate_runs_into_one_folder_at_once_end_with_the_bytes_of_one(mod
 def test_bf16_samples_stay_close_to_float32_ones(tmp_path, sampler):
     """sample.precision=bf16-mixed rounds the network's arithmetic, not the images: the
     same indices give images within a few of 255 levels of float32's."""
-    out = tmp_path / "models"
-    params = tiny.params(model={"zero_init": False})  # a zero network would hide any rounding
-    torch.manual_seed(0)
-    net = build_model(params.model)
-    config = {"model": vars(params.model), "diffusion": vars(params.diffusion)}
-    save_model(net, net, out, json.loads(json.dumps(config)))
+    # zero_init off: a zero network would hide any rounding
+    out = tiny.untrained_model(tmp_path / "models", zero_init=False)
     images = {}
     for precision in ("32-true", "bf16-mixed"):
         sample = replace(SAMPLE, n=8, sampler=sampler, batch_size=8, shard_size=8,
@@ -207,17 +194,9 @@ def test_bf16_samples_stay_close_to_float32_ones(tmp_path, sampler):
     assert diff.max() <= 8, diff.max()
 
 
-def _untrained_model(out: Path) -> Path:
-    params = tiny.params(model={"zero_init": False})  # a zero network would hide any difference
-    torch.manual_seed(0)
-    net = build_model(params.model)
-    config = {"model": vars(params.model), "diffusion": vars(params.diffusion)}
-    save_model(net, net, out, json.loads(json.dumps(config)))
-    return out
-
-
 def _compiled_and_eager_images(tmp_path, sample: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
-    models = _untrained_model(tmp_path / "models")
+    # zero_init off: a zero network would hide any difference
+    models = tiny.untrained_model(tmp_path / "models", zero_init=False)
     images = {}
     for mode in ("none", sample.compile):
         generate(models, tmp_path / mode, replace(sample, compile=mode), progress=False)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pytorch_fid.fid_score import calculate_frechet_distance
 
+import tiny
+from ddpm import evaluation
+from ddpm.config import SampleConfig
 from ddpm.errors import ConfigError
 from ddpm.evaluation import plot_sweep, sweep_label, sweep_points
+from ddpm.fid import feature_statistics, save_statistics
 from ddpm.report import _sweep_table
 
 
@@ -60,25 +66,7 @@ def test_sweep_fids_equal_pytorch_fids_of_the_same_features(tmp_path, monkeypatc
     # The sweep scores each point with the eigenvalue form of the Fréchet distance
     # (ddpm.metrics.fid_spread); it must give pytorch-fid's number for the same
     # features. Stub 12-d features stand in for Inception, so sqrtm is instant here.
-    import json
-
-    import numpy as np
-    import torch
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
-    import tiny
-    from ddpm import evaluation
-    from ddpm.config import SampleConfig
-    from ddpm.fid import feature_statistics, save_statistics
-    from ddpm.models import build_model
-    from ddpm.weights import save_model
-
-    params = tiny.params()
-    torch.manual_seed(0)
-    net = build_model(params.model)
-    models = tmp_path / "models"
-    save_model(net, net, models, json.loads(json.dumps(
-        {"model": vars(params.model), "diffusion": vars(params.diffusion)})))
+    models = tiny.untrained_model(tmp_path / "models")
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(50, 12)) @ rng.normal(size=(12, 12)) / 4 + 0.3
     mu_r, sigma_r = feature_statistics(reference)

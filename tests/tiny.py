@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def params(**kwargs):
 def write_params(path: Path, **kwargs) -> Path:
     path.write_text(yaml.safe_dump(raw_params(**kwargs), sort_keys=False))
     return path
+
+
+def untrained_model(out: Path, **model) -> Path:
+    """A tiny UNet (seed 0, `model` overrides) saved in `out` as the train stage saves it."""
+    from ddpm.models import build_model
+    from ddpm.weights import save_model
+
+    config = params(model=model)
+    torch.manual_seed(0)
+    net = build_model(config.model)
+    sections = {"model": vars(config.model), "diffusion": vars(config.diffusion)}
+    save_model(net, net, out, json.loads(json.dumps(sections)))
+    return out
 
 
 def prepared(out: Path, n: int = 64) -> Path:
