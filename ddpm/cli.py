@@ -34,7 +34,8 @@ _USE_EMA = typer.Option(_SAMPLE.use_ema, help="The EMA weights (else the raw one
 _SEED = typer.Option(_SAMPLE.seed, help="Image i uses noise seeded by (seed, i).")
 _BATCH = typer.Option(_SAMPLE.batch_size, help="Images per batch (changes no image).")
 _PRECISION = typer.Option(_SAMPLE.precision,
-                          help="32-true | bf16-mixed (the network under bf16 autocast).")
+                          help="auto (bf16 where the hardware has it natively) | 32-true | "
+                               "bf16-mixed (the network under bf16 autocast).")
 _COMPILE = typer.Option(_SAMPLE.compile, help="none | default | reduce-overhead "
                                               "(torch.compile; + CUDA graphs).")
 _DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N")

@@ -67,27 +67,24 @@ def _features(arrays, count: int, weights: str, batch_size: int, device, desc: s
 def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split: str,
                          weights: str, batch_size: int, max_real: int = 10000,
                          device="cpu") -> dict:
-    """μ, Σ of the real images of `split` → `out_npz` (+ `.json` with count, data hash),
-    and features of up to `max_real` images of each split → `features.npz` beside it.
+    """μ, Σ of up to `max_real` real images of `split` (evenly spaced; all when fewer) →
+    `out_npz` (+ `.json` with counts, data hash), and the features of up to `max_real`
+    images of each split → `features.npz` beside it. One cap for every real image that
+    Inception sees: a demo keeps it small, a real run raises it to the split's size.
     """
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
     kept, indices, splits = {}, {}, {}
-    for name in SPLITS:  # the reference split first: its features give μ, Σ too
+    for name in SPLITS:
         count = manifest["counts"][name]
         indices[name] = kept_indices(count, max_real)
-        if name == split:
-            every = _features(prepared_arrays(prepared_dir, name), count, weights, batch_size,
-                              device, f"FID reference ({name})")
-            mu, sigma = feature_statistics(every)
-            kept[name] = every[indices[name]]
-        else:
-            kept[name] = _features(prepared_arrays(prepared_dir, name, indices[name]),
-                                   len(indices[name]), weights, batch_size, device,
-                                   f"real features ({name})")
+        kept[name] = _features(prepared_arrays(prepared_dir, name, indices[name]),
+                               len(indices[name]), weights, batch_size, device,
+                               f"real features ({name})")
         splits[name] = {"n": count, "kept": len(indices[name]),
                         "data_sha256": manifest["split_sha256"][name]}
-    meta = {"n": manifest["counts"][split], "split": split,
+    mu, sigma = feature_statistics(kept[split])
+    meta = {"n": len(indices[split]), "split": split, "split_size": manifest["counts"][split],
             "data_sha256": manifest["split_sha256"][split], "img_size": manifest["img_size"],
             "max_real": max_real, "splits": splits,
             "inception": weights_info(resolve_weights(weights))}
@@ -126,7 +123,8 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
                "steps": sample["steps"] if "steps" in reads else None,
                "eta": sample["eta"] if "eta" in reads else None,
                "nfe": samples.get("nfe"),
-               "use_ema": sample["use_ema"], "inception_official": inception["official"],
+               "use_ema": sample["use_ema"], "precision": sample.get("precision"),
+               "inception_official": inception["official"],
                "inception_sha256": inception["sha256"], **more}
     write_json_atomically(out_json, metrics)
     return metrics

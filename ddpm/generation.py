@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ddpm.atomic import write_atomically, write_json_atomically, write_text_atomically
 from ddpm.compiling import CompiledNet
 from ddpm.config import SampleConfig, to_dict
+from ddpm.precision import resolve_sample
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.progress import progress_bar
@@ -135,6 +136,7 @@ def sampling_net(net: torch.nn.Module, sample: SampleConfig,
 
     Build it once per model: each new wrapper would compile again.
     """
+    sample, _ = resolve_sample(sample, device)  # `auto`: bf16 only where it is native
     if sample.precision == "bf16-mixed":
         net = AutocastNet(net, torch.device(device).type)
     if sample.compile != "none":
@@ -227,6 +229,10 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
     writes the grid, the trajectory movie and the manifest (returned on rank 0).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    # Resolved first: the fingerprint (resuming) and the manifest carry what was used.
+    sample, formats = resolve_sample(sample, device)
+    if rank == 0 and progress:
+        print(formats)
     engine = load_generator(model_dir, sample, device)
     expected = sample_fingerprint(model_dir, sample, torch.device(device).type)
     if rank == 0:
@@ -254,7 +260,7 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
                           f"s*{sample.shard_size}",
                 "shard_sha256": {shard_path(out_dir, s).name: hash_path(out_dir, s).read_text()
                                  .strip() for s in range(shards)},
-                "sample": to_dict(sample),
+                "sample": to_dict(sample), "formats": formats,
                 "nfe": sampler_nfe(sample.sampler, sample.steps, schedule.timesteps),
                 "weights_sha256": expected["weights_sha256"],
                 "generated_now": todo, "seconds": round(elapsed, 2),

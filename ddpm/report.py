@@ -187,6 +187,19 @@ def _memorisation_section(folder: Path, figures: Path) -> list[str]:
                            "closest generated-training pairs")
 
 
+def _format_rows(outputs: RunOutputs) -> list[tuple[str, str]]:
+    """The number formats the run used (`auto` resolved by the hardware) and why."""
+    trained = _read_json(outputs.models / "config.json")
+    sampled = _read_json(outputs.samples / "manifest.json")
+    train = trained.get("train", {})
+    rows = [("training formats", f"precision **{train.get('precision')}**, channels-last "
+                                 f"{train.get('channels_last')}: {trained.get('formats', '')}")]
+    if sampled:
+        rows.append(("sampling precision", f"**{sampled['sample'].get('precision')}**: "
+                                           f"{sampled.get('formats', '')}"))
+    return rows
+
+
 def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
     """Write `out_md` and its figures (in `figures/` beside it); return the markdown."""
     figures = out_md.parent / "figures"
@@ -205,7 +218,8 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
                   f"T = {params.diffusion.timesteps}, predicts {params.diffusion.prediction}"),
         ("training", f"batch {params.train.batch_size} × accumulate "
                      f"{params.train.accumulate_grad_batches} × {params.train.devices} device(s), "
-                     f"lr {params.train.lr}, precision {params.train.precision}"),
+                     f"lr {params.train.lr}"),
+        *_format_rows(outputs),
     ])
     changed = changed_params(params)
     lines += ["", "Params that differ from the defaults:", ""]

@@ -47,6 +47,7 @@ from ddpm.data.prepare import prepare_dataset
 from ddpm.evaluation import prepared_arrays, rebatch
 from ddpm.fid import feature_statistics, frechet_distance, inception_features, load_inception
 from ddpm.generation import generate, iter_shards
+from ddpm.precision import resolve_train
 from ddpm.training.run import train
 
 PEER_DIM, PEER_MULTS = 16, (1, 2, 4)
@@ -76,6 +77,7 @@ def step_rates(params: Params, img_size: int, batch: int, windows: int = 5,
     from ddpm.diffusion import NoiseSchedule, training_loss
     from ddpm.models import build_model
 
+    params = replace(params, train=resolve_train(params.train, "cpu")[0])
     bf16 = params.train.precision == "bf16-mixed"
     layout = torch.channels_last if params.train.channels_last else torch.contiguous_format
     ours = build_model(params.model).to(memory_format=layout)
@@ -203,7 +205,8 @@ def main(faces: Path = typer.Argument(..., help="folder of real face images (Cel
     print(f"\nddpm / peer: training speed {rows[0][2] / rows[1][2]:.2f}x over the full runs, "
           f"{rate['ours'] / rate['peer']:.2f}x in interleaved step windows "
           f"({rate['ours']:.1f} vs {rate['peer']:.1f} img/s; the peer in ddpm's formats "
-          f"{params.train.precision}, channels_last={params.train.channels_last}: "
+          f"{resolve_train(params.train, 'cpu')[0].precision}, channels_last="
+          f"{resolve_train(params.train, 'cpu')[0].channels_last}: "
           f"{rate['peer, our formats']:.1f} img/s, "
           f"{rate['ours'] / rate['peer, our formats']:.2f}x); "
           f"FID {rows[0][4]:.1f} vs {rows[1][4]:.1f}")

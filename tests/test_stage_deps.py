@@ -77,6 +77,7 @@ NOT_RUN = {
     "report": {"ddpm/diffusion/": CONFIG_NAMES},
     "fid_ref": dict.fromkeys(
         ["ddpm/diffusion/", "ddpm/models/", "ddpm/metrics/", "ddpm/generation.py",
+         "ddpm/precision.py",
          "ddpm/compiling.py", "ddpm/weights.py", "ddpm/figures.py",
          "ddpm/training/callbacks.py", "ddpm/training/loggers.py"],
         "ddpm/evaluation.py imports it for the fid and fid_sweep stages (see dvc.yaml)"),

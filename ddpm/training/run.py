@@ -12,6 +12,7 @@ deleted) with one line saying which params differ.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -26,8 +27,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
-from ddpm.devices import check_accelerator
+from ddpm.devices import check_accelerator, torch_device
 from ddpm.errors import DataError
+from ddpm.precision import resolve_train
 from ddpm.progress import interactive
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
 from ddpm.training.loggers import build_loggers, log_final, require_mlflow
@@ -58,7 +60,7 @@ NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
 
 # The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
 # deps), and must also start training afresh rather than resume the old run.
-TRAINING_CODE = ("config.py", "models", "diffusion", "training")
+TRAINING_CODE = ("config.py", "precision.py", "models", "diffusion", "training")
 
 
 def code_sha256() -> str:
@@ -173,6 +175,12 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     if manifest["img_size"] != params.model.img_size:
         raise DataError(f"model.img_size = {params.model.img_size} but {prepared_dir} holds "
                         f"{manifest['img_size']}px images; re-run prepare (dvc repro)")
+    # `auto` formats resolved here, once: the fingerprint, the hyperparameters that
+    # DVCLive logs and models/config.json all carry the values the run used.
+    train_cfg, formats = resolve_train(params.train, torch_device("train", params.train.accelerator))
+    if rank_zero_only.rank == 0:
+        print(formats)
+    params = dataclasses.replace(params, train=train_cfg)
     cfg, state_dir = params.train, Path(state_dir)
     expected = fingerprint(params, manifest["content_sha256"])
     resume = resume_path(state_dir, expected)
@@ -198,8 +206,11 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
         seconds = round(system.train_seconds(), 1)
         live = loggers[0].experiment
         live.log_metric("train/time_s", seconds, plot=False)
+        # The formats `auto` chose, as columns of `dvc exp show` (it shows strings too).
+        live.summary.setdefault("train", {}).update(precision=cfg.precision,
+                                                    channels_last=cfg.channels_last)
         live.make_summary()
-        config = {**expected, "steps": trainer.global_step,
+        config = {**expected, "formats": formats, "steps": trainer.global_step,
                   "images_seen": trainer.global_step * cfg.batch_size
                   * cfg.accumulate_grad_batches * trainer.world_size}
         save_model(system.ema_net, system.net, models_dir, config)
