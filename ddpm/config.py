@@ -55,7 +55,7 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["unet", "unetpp", "dit"] = "unet"
     img_size: int = _bounded(32, ge=8)
-    channels: list[int] = _bounded([32, 64, 128], ge=1)
+    channels: list[int] = _bounded([24, 48, 96], ge=1)
     down_attn: list[bool] = _list([False, False])
     down_channel_indices: list[list[int]] = _list([[0, 0], [0, 1]])
     mid_attn: list[bool] = _list([True, False])
@@ -134,7 +134,7 @@ class SampleConfig:
     num_nodes: int = _bounded(1, ge=1)
     sweep_samplers: list[Literal[SAMPLER_NAMES]] = _list(["ddim", "unipc"])
     sweep_steps: list[int] = _bounded([5, 10, 20], ge=1)
-    sweep_n: int = _bounded(100, ge=2)
+    sweep_n: int = _bounded(50, ge=2)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class FidConfig:
     splits: int = _bounded(4, ge=2)             # FID of this many disjoint sample blocks: ± sd
     kid_subsets: int = _bounded(100, ge=1)      # KID: random subsets averaged (± std over them)
     kid_subset_size: int = _bounded(100, ge=2)  # KID: images per subset, capped at each side's N
-    max_real: int = _bounded(500, ge=2)         # real images per split Inception sees (FID ref, KID, P/R, memorisation)
+    max_real: int = _bounded(300, ge=2)         # real images per split Inception sees (FID ref, KID, P/R, memorisation)
 
 
 @dataclass(frozen=True)

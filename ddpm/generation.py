@@ -232,7 +232,7 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
     # Resolved first: the fingerprint (resuming) and the manifest carry what was used.
     sample, formats = resolve_sample(sample, device)
     if rank == 0 and progress:
-        print(formats)
+        print(f"sampling {formats}")
     engine = load_generator(model_dir, sample, device)
     expected = sample_fingerprint(model_dir, sample, torch.device(device).type)
     if rank == 0:

@@ -95,7 +95,7 @@ def choose_train_precision(hw: Hardware) -> tuple[str, str]:
     if hw.device == "cpu" and hw.cpu_native_bf16:
         return "bf16-mixed", "the CPU has native bf16 (AMX or AVX512-BF16)"
     if hw.device == "cpu":
-        return "32-true", "the CPU has no native bf16 (bf16 autocast ran 0.1x float32 on AVX2)"
+        return "32-true", "no native bf16 on this CPU: bf16 autocast ran at 0.1x float32 on AVX2"
     return "32-true", "mixed precision is not measured on this device"
 
 
@@ -124,22 +124,21 @@ def choose_channels_last(hw: Hardware) -> tuple[bool, str]:
 
 
 def resolve_train(train, device: str | torch.device):
-    """`train` (TrainConfig) with `auto` replaced by this hardware's choice; and one line why."""
+    """`train` (TrainConfig) with `auto` replaced by this hardware's choice, and why."""
     hw = detect_hardware(device)
     precision, why_p = ((train.precision, "set in params") if train.precision != "auto"
                         else choose_train_precision(hw))
     channels_last, why_c = ((train.channels_last, "set in params")
                             if train.channels_last != "auto" else choose_channels_last(hw))
-    line = (f"train formats on {hw.describe()}: precision {precision} ({why_p}); "
-            f"channels_last {str(channels_last).lower()} ({why_c})")
-    return replace(train, precision=precision, channels_last=channels_last), line
+    why = (f"on {hw.describe()}: precision {precision} ({why_p}); "
+           f"channels_last {str(channels_last).lower()} ({why_c})")
+    return replace(train, precision=precision, channels_last=channels_last), why
 
 
 def resolve_sample(sample, device: str | torch.device):
-    """`sample` (SampleConfig) with precision `auto` resolved; and one line why."""
+    """`sample` (SampleConfig) with precision `auto` resolved, and why."""
     if sample.precision != "auto":
-        return sample, f"sampling precision {sample.precision} (set in params)"
+        return sample, f"precision {sample.precision} (set in params)"
     hw = detect_hardware(device)
     precision, why = choose_sample_precision(hw)
-    return (replace(sample, precision=precision),
-            f"sampling precision {precision} on {hw.describe()} (auto: {why})")
+    return replace(sample, precision=precision), f"on {hw.describe()}: precision {precision} ({why})"

@@ -192,10 +192,11 @@ def _format_rows(outputs: RunOutputs) -> list[tuple[str, str]]:
     trained = _read_json(outputs.models / "config.json")
     sampled = _read_json(outputs.samples / "manifest.json")
     train = trained.get("train", {})
-    rows = [("training formats", f"precision **{train.get('precision')}**, channels-last "
-                                 f"{train.get('channels_last')}: {trained.get('formats', '')}")]
+    rows = [("training formats", f"**{train.get('precision')}**, channels-last "
+                                 f"{str(train.get('channels_last')).lower()}; chosen "
+                                 f"{trained.get('formats', '')}")]
     if sampled:
-        rows.append(("sampling precision", f"**{sampled['sample'].get('precision')}**: "
+        rows.append(("sampling precision", f"**{sampled['sample'].get('precision')}**; chosen "
                                            f"{sampled.get('formats', '')}"))
     return rows
 

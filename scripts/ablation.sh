@@ -6,13 +6,13 @@
 #   ddpm compare --rev <commit the experiments were queued on> --prefix abl- --out reports/ablation.md
 #
 # Every run: 800 optimizer steps x batch 32 (25,600 images seen), 32 px, celeba crop,
-# the default 0.78 M-parameter UNet, 250 DDIM-50 (eta 0) samples from the EMA weights,
+# the 0.78 M-parameter UNet (channels [32, 64, 128], the default when this ran), 250 DDIM-50 (eta 0) samples from the EMA weights,
 # FID against the training split (stand-in Inception unless real weights are installed).
 # FACES must be an absolute path: queued experiments run in a temporary copy of the repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FACES=${FACES:?set FACES to an absolute path of a folder of CelebA aligned images}
-COMMON="-S data.source=$FACES -S data.crop=celeba -S sample.n=250 -S sample.sweep_steps=[10] -S sample.sweep_n=50 -S analysis.t_points=50"
+COMMON="-S data.source=$FACES -S data.crop=celeba -S model.channels=[32,64,128] -S train.max_steps=800 -S sample.spacing=uniform -S sample.solver_spacing=logsnr -S sample.n=250 -S sample.sweep_steps=[10] -S sample.sweep_n=50 -S analysis.t_points=50"
 # The recipe under test (the defaults since this ablation), spelt out so a later change
 # of defaults does not change what these rows mean.
 R="-S model.time_injection=scale_shift -S model.zero_init=true -S diffusion.schedule=cosine -S diffusion.prediction=v -S diffusion.loss_weighting=min_snr -S train.lr=0.001 -S train.lr_schedule=cosine"

@@ -179,7 +179,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     # DVCLive logs and models/config.json all carry the values the run used.
     train_cfg, formats = resolve_train(params.train, torch_device("train", params.train.accelerator))
     if rank_zero_only.rank == 0:
-        print(formats)
+        print(f"train formats {formats}")
     params = dataclasses.replace(params, train=train_cfg)
     cfg, state_dir = params.train, Path(state_dir)
     expected = fingerprint(params, manifest["content_sha256"])
