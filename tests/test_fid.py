@@ -141,7 +141,9 @@ def test_fid_equals_pytorch_fid_command_line(pytorch_fid_cli, fids):
     stdout, stderr = pytorch_fid_cli.communicate(timeout=900)
     assert pytorch_fid_cli.returncode == 0, stderr[-2000:]
     reference = float(re.search(r"FID:\s+(\S+)", stdout).group(1))
-    assert fids["blurred"] == pytest.approx(reference, abs=1e-3)
+    # Relative 1e-6, not bit-equal: ddpm runs Inception channels-last (1.5x on a CPU),
+    # pytorch-fid contiguous, and the convolutions round differently (measured: 1.4e-7).
+    assert fids["blurred"] == pytest.approx(reference, rel=1e-6)
 
 
 def test_features_have_unit_scale_and_vary_across_images(features):
