@@ -8,24 +8,17 @@ one whose bytes do not match its recorded hash is damaged and is not scored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ddpm.generation import file_sha256
 
 
 def _intact(shard: Path) -> bool:
     recorded = shard.with_suffix(".sha256")
-    return recorded.is_file() and recorded.read_text().strip() == _sha256(shard)
+    return recorded.is_file() and recorded.read_text().strip() == file_sha256(shard)
 
 
 def finished_shards(folder: Path) -> tuple[list[Path], bool]:
