@@ -201,7 +201,7 @@ def test_training_grid_uses_the_configured_sampler(sampler, eta):
         expected = ddpm_sample(module.ema_net, module.schedule, noise, gens()).images
     else:
         expected = ddim_sample(module.ema_net, module.schedule, noise, gens(), steps=10,
-                               eta=1.0).images
+                               eta=1.0, spacing=sample.spacing).images
     assert torch.equal(grid, expected)
 
 
