@@ -1,9 +1,11 @@
-"""Loss per timestep of a trained model (the log's to-do "look at loss per time step").
+"""Loss per timestep of a trained model (the log's to-do "look at loss per time step"),
+and an upper bound on its holdout negative log-likelihood in bits/dim.
 
 For a fixed set of holdout images and a fixed noise draw per image, the
 per-pixel MSE of the EMA model at a grid of timesteps. Everything random is
 seeded per image, so the curve is comparable across experiments, image sizes
-and architectures, and two runs give identical tables.
+and architectures, and two runs give identical tables. The bound
+(`ddpm.diffusion.likelihood`) is seeded per image the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import AnalysisConfig
 from ddpm.diffusion.forward import loss_per_timestep
+from ddpm.diffusion.likelihood import bits_per_dim_bound, evaluations_per_image
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.figures import save_figure
 from ddpm.progress import progress_bar
@@ -60,14 +63,35 @@ def timestep_loss_table(net, schedule, prediction: str, x0: torch.Tensor, *, t_p
                          "n": len(x0)})
 
 
+def nll_bound(net, schedule, prediction: str, x0: torch.Tensor, analysis: AnalysisConfig, *,
+              variance: str, clip_x0: bool, progress: bool = False) -> dict:
+    """The bits/dim bound over x0's images: mean, standard error (sd/√n), its three parts."""
+    total = len(x0) * evaluations_per_image(schedule.timesteps, analysis.nll_exact_below,
+                                            analysis.nll_strata)
+    with progress_bar(total, "NLL bound", unit="img", disable=not progress) as bar:
+        estimate = bits_per_dim_bound(net, schedule, x0, prediction, variance=variance,
+                                      clip_x0=clip_x0, seed=analysis.seed,
+                                      exact_below=analysis.nll_exact_below,
+                                      strata=analysis.nll_strata, progress=bar.update)
+    return estimate.summary()
+
+
 def analyse(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
-            analysis: AnalysisConfig, device: str = "cpu") -> dict:
-    """The whole stage: table, plot and quarter metrics for the trained EMA model."""
+            analysis: AnalysisConfig, device: str = "cpu", *, variance: str = "small",
+            clip_x0: bool = True) -> dict:
+    """The whole stage: table, plot, quarter metrics and the bits/dim bound for the EMA model.
+
+    `variance` and `clip_x0` (the sample section's) define the reverse process whose
+    likelihood is bounded, the one `ddpm_sample` draws from.
+    """
     net, schedule, config = load_model(model_dir, device)
-    x0 = holdout_images(prepared_dir, analysis.n_images).to(device)
-    table = timestep_loss_table(net, schedule, config["diffusion"]["prediction"], x0,
+    prediction = config["diffusion"]["prediction"]
+    images = holdout_images(prepared_dir, max(analysis.n_images, analysis.nll_images)).to(device)
+    table = timestep_loss_table(net, schedule, prediction, images[:analysis.n_images],
                                 t_points=analysis.t_points, seed=analysis.seed, progress=True)
-    return write_analysis(table, out_dir, schedule.timesteps)
+    likelihood = nll_bound(net, schedule, prediction, images[:analysis.nll_images], analysis,
+                           variance=variance, clip_x0=clip_x0, progress=True)
+    return write_analysis(table, out_dir, schedule.timesteps, likelihood)
 
 
 def quarter_means(table: pd.DataFrame, timesteps: int) -> dict:
@@ -102,14 +126,20 @@ def plot_timestep_loss(table: pd.DataFrame, path: Path, title: str = "") -> None
     plt.close(fig)
 
 
-def write_analysis(table: pd.DataFrame, out_dir: str | Path, timesteps: int) -> dict:
-    """Write the table (Parquet + CSV), the plot and the summary metrics; return the metrics."""
+def write_analysis(table: pd.DataFrame, out_dir: str | Path, timesteps: int,
+                   likelihood: dict | None = None) -> dict:
+    """Write the table (Parquet + CSV), the plot and the metrics; return the metrics.
+
+    metrics.json: {"timestep_loss": quarter means, "likelihood": the bound (if given)}.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(out_dir / "timestep_loss.parquet",
                      lambda tmp: table.to_parquet(tmp, index=False))
     write_atomically(out_dir / "timestep_loss.csv", lambda tmp: table.to_csv(tmp, index=False))
     plot_timestep_loss(table, out_dir / "timestep_loss.png")
-    metrics = quarter_means(table, timesteps)
-    write_json_atomically(out_dir / "metrics.json", {"timestep_loss": metrics})
+    metrics = {"timestep_loss": quarter_means(table, timesteps)}
+    if likelihood is not None:
+        metrics["likelihood"] = likelihood
+    write_json_atomically(out_dir / "metrics.json", metrics)
     return metrics

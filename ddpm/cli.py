@@ -130,6 +130,12 @@ def inception(
     standin: bool = typer.Option(False, "--standin",
                                  help="Write calibrated stand-in weights (offline demos only)."),
     weights: str = typer.Option("", help="Target file; default: torch hub's cache path."),
+    calibrate_on: Path = typer.Option(None, help="Folder of images of the kind the FID will "
+                                      "score (not the ones it scores); default: the demo's "
+                                      "drawings."),
+    images: int = typer.Option(288, help="Images to calibrate on (32 of them probe it)."),
+    size: int = typer.Option(32, help="Side the images are scored at (model.img_size)."),
+    crop: str = typer.Option("center", help="Crop for --calibrate-on images (as data.crop)."),
 ) -> None:
     """Show where FID's Inception weights are looked for, or install stand-in weights.
 
@@ -148,10 +154,13 @@ def inception(
         typer.echo(f"{path}: absent; pytorch-fid downloads {WEIGHTS_FILENAME} there on first "
                    "use, or run `ddpm inception --standin` to work offline with stand-in weights")
         return
-    from ddpm.inception_standin import make_standin_weights
+    from ddpm.inception_standin import demo_drawings, folder_images, make_standin_weights
 
-    make_standin_weights(path)
-    typer.echo(f"{path}: wrote STAND-IN Inception weights (FIDs compare runs only)")
+    source = (folder_images(calibrate_on, images, size, crop) if calibrate_on
+              else demo_drawings(images, size=size))
+    make_standin_weights(path, images=source)
+    typer.echo(f"{path}: wrote STAND-IN Inception weights calibrated on {images} "
+               f"{calibrate_on or 'demo drawings'} at {size} px (FIDs compare runs only)")
 
 
 

@@ -146,7 +146,9 @@ class FidConfig:
     splits: int = _bounded(4, ge=2)             # FID of this many disjoint sample blocks: ± sd
     kid_subsets: int = _bounded(100, ge=1)      # KID: random subsets averaged (± std over them)
     kid_subset_size: int = _bounded(100, ge=2)  # KID: images per subset, capped at each side's N
+    bootstrap: int = _bounded(50, ge=0)         # bootstrap draws for the FID/KID standard errors; 0 = off (never 1)
     max_real: int = _bounded(300, ge=2)         # real images per split Inception sees (FID ref, KID, P/R, memorisation)
+    memorisation_train: int = _bounded(300, ge=0)  # training images (+ their flips) memorisation searches; 0 = all
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,9 @@ class AnalysisConfig:
     t_points: int = _bounded(100, ge=1)
     n_images: int = _bounded(32, ge=1)
     seed: int = 0
+    nll_images: int = _bounded(32, ge=2)       # bits/dim bound: holdout images (>= 2: an se)
+    nll_exact_below: int = _bounded(50, ge=1)  # timesteps 0..this−1 exact (0: the decoder)
+    nll_strata: int = _bounded(50, ge=1)       # one timestep drawn per stratum above them
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,9 @@ def params_from_dict(raw: Any) -> Params:
     params = Params(**{name: build_section(hints[name], raw.get(name), name)
                        for name in sections})
     _check_steps_within_timesteps(params)
+    if params.fid.bootstrap == 1:
+        raise ConfigError("fid.bootstrap = 1: one draw has no spread; use 0 (off) or >= 2 "
+                          "(e.g. 50)")
     if "dvclive" not in params.train.loggers:
         raise ConfigError(f"train.loggers = {params.train.loggers!r}: must include dvclive (the "
                           "pipeline's metrics and report are read from its files); add mlflow "

@@ -27,7 +27,8 @@ from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
 from ddpm.figures import save_figure
 from ddpm.generation import iter_shards, run_sampler, sampling_net
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
-from ddpm.metrics.real_features import SPLITS, features_path, kept_indices, save_real_features
+from ddpm.metrics.real_features import (SPLITS, features_path, kept_indices,
+                                        memorisation_indices, save_real_features)
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.progress import progress_bar
 from ddpm.training.callbacks import to_uint8
@@ -66,29 +67,49 @@ def _features(arrays, count: int, weights: str, batch_size: int, device, desc: s
 
 def reference_statistics(prepared_dir: str | Path, out_npz: str | Path, *, split: str,
                          weights: str, batch_size: int, max_real: int = 10000,
-                         device="cpu") -> dict:
+                         memorisation_train: int, device="cpu") -> dict:
     """μ, Σ of up to `max_real` real images of `split` (evenly spaced; all when fewer) →
     `out_npz` (+ `.json` with counts, data hash), and the features of up to `max_real`
     images of each split → `features.npz` beside it. One cap for every real image that
     Inception sees: a demo keeps it small, a real run raises it to the split's size.
+
+    `features.npz` also holds the features of the `memorisation_train` training images
+    (evenly spaced; 0 = all) the memorisation check searches and of their mirror images
+    (training flips images): Inception sees the mirrored ones, and those of the
+    memorisation images that `max_real` did not keep, once more. μ, Σ stay those of
+    the unflipped kept images.
     """
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
     kept, indices, splits = {}, {}, {}
+    memorised = memorisation_indices(manifest["counts"]["train"], memorisation_train)
     for name in SPLITS:
         count = manifest["counts"][name]
         indices[name] = kept_indices(count, max_real)
-        kept[name] = _features(prepared_arrays(prepared_dir, name, indices[name]),
-                               len(indices[name]), weights, batch_size, device,
-                               f"real features ({name})")
+        # train: the kept images and the memorisation check's, each once
+        wanted = np.union1d(indices[name], memorised) if name == "train" else indices[name]
+        found = _features(prepared_arrays(prepared_dir, name, wanted), len(wanted), weights,
+                          batch_size, device, f"real features ({name})")
+        kept[name] = found[np.searchsorted(wanted, indices[name])]
+        if name == "train":
+            memorised_features = found[np.searchsorted(wanted, memorised)]
         splits[name] = {"n": count, "kept": len(indices[name]),
                         "data_sha256": manifest["split_sha256"][name]}
+    mirrored = (a[:, :, ::-1] for a in prepared_arrays(prepared_dir, "train", memorised))
+    flipped = _features(mirrored, len(memorised), weights, batch_size, device,
+                        "real features (train, flipped)")
     mu, sigma = feature_statistics(kept[split])
     meta = {"n": len(indices[split]), "split": split, "split_size": manifest["counts"][split],
             "data_sha256": manifest["split_sha256"][split], "img_size": manifest["img_size"],
             "max_real": max_real, "splits": splits,
+            "memorisation": {"memorisation_train": memorisation_train,
+                             "train": len(memorised), "train_flipped": len(memorised)},
+            "inception_images": len(np.union1d(indices["train"], memorised))
+                                + len(indices["holdout"]) + len(memorised),
             "inception": weights_info(resolve_weights(weights))}
-    save_real_features(features_path(out_npz), kept, indices)
+    save_real_features(features_path(out_npz), kept, indices,
+                       {"features": memorised_features, "features_flipped": flipped,
+                        "index": memorised})
     save_statistics(out_npz, mu, sigma, meta)  # last: its .json marks a complete reference
     return meta
 

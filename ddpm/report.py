@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ddpm.atomic import write_text_atomically
-from ddpm.config import Params
+from ddpm.config import DiffusionConfig, Params
 from ddpm.figures import save_figure
 
 
@@ -61,31 +61,89 @@ def pm(mean, spread) -> str:
     return "–" if mean is None else f"{fmt(mean)} ± {fmt(spread)}"
 
 
-def plot_training_curves(live: Path, path: Path) -> bool:
-    """Training loss (per step, with a running mean) and validation loss; False if no data."""
-    train_tsv = live / "plots" / "metrics" / "train" / "loss.tsv"
-    if not train_tsv.is_file():
+@dataclass(frozen=True)
+class LossLabels:
+    """What the logged losses are, in words, for the run's `diffusion.*` settings.
+
+    `train/loss` is what training minimises: the per-pixel MSE of the prediction target,
+    Min-SNR-γ weighted per image when `diffusion.loss_weighting` is min_snr. `train/mse`
+    and `val/loss` are that MSE unweighted, so those two compare; the weighted loss
+    compares with neither (for v its weights are min(SNR, γ)/(SNR + 1) ≤ 1, so it is
+    smaller whatever the model does).
+    """
+
+    weighted: bool
+    mse: str    # e.g. "unweighted v-MSE"
+    loss: str   # e.g. "min-SNR-weighted v-MSE, γ = 5", or the same as `mse`
+
+    @classmethod
+    def of(cls, diffusion: DiffusionConfig) -> LossLabels:
+        target = {"eps": "ε", "v": "v", "x0": "x0"}[diffusion.prediction]
+        mse = f"unweighted {target}-MSE"
+        if diffusion.loss_weighting == "min_snr":
+            return cls(True, mse, f"min-SNR-weighted {target}-MSE, "
+                                  f"γ = {diffusion.min_snr_gamma:g}")
+        return cls(False, mse, mse)
+
+
+def _read_tsv(path: Path, column: str) -> pd.DataFrame | None:
+    """A DVCLive plot file as (step, value), or None when the run did not log it."""
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, sep="\t").rename(columns={column: "value"})
+
+
+def _per_step(ax, frame: pd.DataFrame, label: str) -> None:
+    """Every logged step faintly, and a running mean of a twentieth of them on top."""
+    window = max(1, len(frame) // 20)
+    line, = ax.plot(frame["step"], frame["value"], lw=0.6, alpha=0.35)
+    ax.plot(frame["step"], frame["value"].rolling(window, min_periods=1).mean(), lw=1.8,
+            color=line.get_color(), label=f"{label}, running mean of {window} logged steps")
+
+
+def plot_training_curves(live: Path, path: Path, diffusion: DiffusionConfig) -> bool:
+    """The unweighted training MSE beside the validation MSE (the comparable pair) and,
+    when the loss is weighted, the weighted training loss in a panel of its own; False
+    if the run logged no training loss. A run that did not log train/mse (older runs)
+    shows the validation MSE alone in the first panel and says so."""
+    metrics = live / "plots" / "metrics"
+    train = _read_tsv(metrics / "train" / "loss.tsv", "loss")
+    if train is None:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = pd.read_csv(train_tsv, sep="\t")
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.plot(train["step"], train["loss"], lw=0.6, alpha=0.35, label="train (logged steps)")
-    window = max(1, len(train) // 20)
-    ax.plot(train["step"], train["loss"].rolling(window, min_periods=1).mean(), lw=1.8,
-            label=f"train, running mean of {window}")
-    val_tsv = live / "plots" / "metrics" / "val" / "loss.tsv"
-    if val_tsv.is_file():
-        val = pd.read_csv(val_tsv, sep="\t")
-        ax.plot(val["step"], val["loss"], "o-", lw=1.5, label="validation (EMA, fixed noise)")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("per-pixel MSE")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    labels = LossLabels.of(diffusion)
+    mse = _read_tsv(metrics / "train" / "mse.tsv", "mse")
+    if mse is None and not labels.weighted:
+        mse = train  # unweighted: the training loss is the training MSE
+    val = _read_tsv(metrics / "val" / "loss.tsv", "loss")
+    panels = 2 if labels.weighted else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    if mse is not None:
+        _per_step(ax, mse, "training MSE (raw weights, training batches)")
+    else:
+        ax.text(0.5, 0.96, "training MSE: not logged by this run", transform=ax.transAxes,
+                ha="center", va="top")
+    if val is not None:
+        ax.plot(val["step"], val["value"], "o-", lw=1.5,
+                label="validation MSE (EMA weights, fixed holdout noise and t)")
+    ax.set_title(f"training and validation, both {labels.mse}", fontsize=10)
+    ax.set_ylabel(f"{labels.mse} (per pixel)")
+    if labels.weighted:
+        weighted = axes[0, 1]
+        _per_step(weighted, train, "training loss")
+        weighted.set_title(f"training loss as minimised: {labels.loss}", fontsize=10)
+        weighted.set_ylabel(labels.loss.split(",")[0])
+    for ax in axes[0]:
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -97,10 +155,16 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
     train, val = live.get("train", {}), live.get("val", {})
     fid = _read_json(outputs.fid)
     model = _read_json(outputs.models / "config.json")
+    labels = LossLabels.of(params.diffusion)
+    mse = train.get("mse", train.get("loss") if not labels.weighted else None)
     rows = [
         ("optimizer steps", fmt(model.get("steps"))),
-        ("final training loss (per-pixel MSE, last logged step)", fmt(train.get("loss"))),
-        ("validation loss (EMA weights, fixed holdout images, noise and t)", fmt(val.get("loss"))),
+        (f"final training loss ({labels.loss}; what training minimises; last logged step)",
+         fmt(train.get("loss"))),
+        (f"final training MSE ({labels.mse}; raw weights; last logged step)",
+         fmt(mse) if mse is not None or not train else "not logged by this run"),
+        (f"validation MSE ({labels.mse}; EMA weights; fixed holdout images, noise and t)",
+         fmt(val.get("loss"))),
         ("training throughput (images/s, all devices)", fmt(train.get("images_per_s"), 3)),
         ("training time (s)", fmt(train.get("time_s"), 4)),
     ]
@@ -235,7 +299,13 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
     lines += _figure(outputs.samples / "trajectory.gif", figures, "trajectory.gif",
                      "trajectory movie")
     lines += ["## Training", ""]
-    if plot_training_curves(outputs.live, figures / "training_loss.png"):
+    if plot_training_curves(outputs.live, figures / "training_loss.png", params.diffusion):
+        labels = LossLabels.of(params.diffusion)
+        if labels.weighted:
+            lines += [f"Training minimises the {labels.loss} (right panel). Its per-timestep "
+                      "weights change its scale, so it cannot be set beside the validation "
+                      f"MSE; the training MSE of the same batches, unweighted (left panel), "
+                      f"can: both are the {labels.mse}.", ""]
         lines += ["![training and validation loss](figures/training_loss.png)", ""]
     else:
         lines += ["_no training log in this run._", ""]

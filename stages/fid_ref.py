@@ -15,13 +15,16 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
          out: Path = typer.Option(Path("fid_ref/stats.npz"), help="Output statistics.")) -> None:
     """μ and Σ of the 2048-d Inception pool features of fid.ref_split (pytorch-fid's .npz),
-    and the features of up to fid.max_real images per split (features.npz beside it)."""
+    and the features of up to fid.max_real images per split and of the memorisation check's
+    fid.memorisation_train training images and their mirror images (features.npz beside it)."""
     fid = load_params(params).fid
     device = torch_device("fid", fid.accelerator)
     meta = reference_statistics(data, out, split=fid.ref_split, weights=fid.weights,
                                 batch_size=fid.batch_size, max_real=fid.max_real,
-                                device=device)
-    print(f"FID reference: {meta['n']} {meta['split']} images -> {out}")
+                                memorisation_train=fid.memorisation_train, device=device)
+    memorised = meta["memorisation"]["train"]
+    print(f"FID reference: {meta['n']} {meta['split']} images -> {out}; memorisation check: "
+          f"{memorised} training images and their mirror images")
 
 
 if __name__ == "__main__":

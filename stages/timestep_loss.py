@@ -1,4 +1,5 @@
-"""DVC stage `timestep_loss`: models/ + holdout images + params (analysis) → analysis/."""
+"""DVC stage `timestep_loss`: models/ + holdout images + params (analysis, sample.variance,
+sample.clip_x0) → analysis/."""
 
 from pathlib import Path
 
@@ -15,11 +16,21 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          models: Path = typer.Option(Path("models"), help="Trained model folder."),
          data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
          out: Path = typer.Option(Path("analysis"), help="Output folder.")) -> None:
-    """Per-pixel MSE of the trained EMA model at a fixed grid of timesteps."""
-    analysis = load_params(params).analysis
+    """Per-pixel MSE of the trained EMA model at a fixed grid of timesteps, and an upper
+    bound on its holdout NLL (bits/dim) for the DDPM reverse process of sample.variance
+    and sample.clip_x0."""
+    config = load_params(params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = analyse(models, data, out, analysis, device)
-    print("loss per timestep: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    metrics = analyse(models, data, out, config.analysis, device,
+                      variance=config.sample.variance, clip_x0=config.sample.clip_x0)
+    print("loss per timestep: " + ", ".join(f"{k} {v:.4f}"
+                                            for k, v in metrics["timestep_loss"].items()))
+    bound = metrics["likelihood"]
+    print(f"NLL bound: {bound['bits_per_dim']:.3f} bits/dim, se {bound['bits_per_dim_se']:.3f} "
+          f"(prior {bound['bits_per_dim_prior']:.3f}, diffusion "
+          f"{bound['bits_per_dim_diffusion']:.3f}, decoder {bound['bits_per_dim_decoder']:.3f}; "
+          f"{bound['n_images']} holdout images, sample.variance {config.sample.variance}, "
+          f"clip_x0 {str(config.sample.clip_x0).lower()})")
 
 
 if __name__ == "__main__":

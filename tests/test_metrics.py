@@ -5,6 +5,8 @@ The same functions run on Inception features in tests/test_sample_metrics.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
@@ -13,7 +15,7 @@ from ddpm.errors import DdpmError
 from ddpm.metrics.fid_spread import block_slices, fid_blocks, frechet_to_reference, psd_sqrt
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import flagged, nearest_cosine, nearest_pixel
-from ddpm.metrics.precision_recall import precision_recall
+from ddpm.metrics.precision_recall import precision_recall, precision_recall_equal_n
 
 RNG = np.random.default_rng
 
@@ -130,6 +132,37 @@ def test_precision_recall_on_gaussians():
         precision_recall(real[:3], same)
 
 
+def expected_coverage(n_real: int, n_fake: int, k: int = 3) -> float:
+    """E[coverage] for one distribution: a real point is covered when one of the n_fake
+    is among its k nearest of the other n_real − 1 + n_fake points (exchangeable)."""
+    return 1 - math.prod((n_real - i) / (n_real + n_fake - i) for i in range(1, k + 1))
+
+
+def test_coverage_on_equal_n_does_not_depend_on_the_reference_size():
+    # One distribution, 900 real and 200 generated points. Scored as they are, coverage
+    # follows the ratio (closed form 0.453 at 900:200 against 0.877 at 200:200); on
+    # equal N (a seeded subset of 200 real points) it lands on the 200:200 value. Over
+    # 40 fresh data sets the coverage had sd 0.028 at both ratios (means 0.456 and
+    # 0.880, the closed forms): 0.085 is 3 sd, and the two values lie 15 sd apart.
+    rng = RNG(12)
+    real, fake = rng.normal(size=(900, 16)), rng.normal(size=(200, 16))
+    assert precision_recall(real, fake)["coverage"] == pytest.approx(
+        expected_coverage(900, 200), abs=0.085)
+    equal = precision_recall_equal_n(real, fake, seed=0)
+    assert equal["n_reference"] == 200 == equal["n_generated"]
+    assert equal["coverage"] == pytest.approx(expected_coverage(200, 200), abs=0.085)
+    direct = precision_recall(real[:200], fake)["coverage"]   # a 200:200 draw of its own
+    assert direct == pytest.approx(expected_coverage(200, 200), abs=0.085)
+    assert precision_recall_equal_n(real, fake, seed=0) == equal             # seeded
+    # The larger side is subsampled whichever it is (unsubsampled, 200 real against 900
+    # generated points would cover 0.994); equal sizes are left whole.
+    swapped = precision_recall_equal_n(fake, real, seed=0)
+    assert swapped["n_reference"] == swapped["n_generated"] == 200
+    assert swapped["coverage"] == pytest.approx(expected_coverage(200, 200), abs=0.085)
+    assert precision_recall_equal_n(real[:200], fake) == {**precision_recall(real[:200], fake),
+                                                          "n_reference": 200, "n_generated": 200}
+
+
 # ------------------------------------------------------------------ memorisation
 
 
@@ -146,5 +179,7 @@ def test_nearest_neighbours_and_the_flag_threshold():
     assert nearest_pixel(black, white)[0][0] == pytest.approx(1.0, rel=1e-6)
     with pytest.raises(DdpmError, match="same size"):
         nearest_pixel(black, np.zeros((1, 8, 8, 3), np.uint8))
-    fraction, threshold = flagged(np.array([0.0, 0.5, 2.0, 3.0]), np.arange(1.0, 102.0))
+    # 199 holdout distances 1…199: the threshold is the 2nd smallest (r = round(0.01 · 200)),
+    # and a sample at it counts (at or below).
+    fraction, threshold = flagged(np.array([0.0, 0.5, 2.0, 3.0]), np.arange(1.0, 200.0))
     assert threshold == pytest.approx(2.0) and fraction == pytest.approx(3 / 4)

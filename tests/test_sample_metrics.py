@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
@@ -20,7 +21,7 @@ import tiny
 from ddpm import evaluation
 from ddpm.config import FidConfig, Params
 from ddpm.data.demo import draw_face
-from ddpm.fid import inception_features, load_inception
+from ddpm.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import flagged, memorisation, nearest_pixel
 from ddpm.metrics.precision_recall import precision_recall
@@ -40,7 +41,8 @@ def images() -> dict[str, np.ndarray]:
     blurred = gaussian_filter(faces[HALF:].astype(float), sigma=(0, 3, 3, 0))
     noise = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     return {"train": faces[:HALF], "other": faces[HALF:], "noise": noise,
-            "blurred": blurred.round().astype(np.uint8)}
+            "blurred": blurred.round().astype(np.uint8),
+            "train_flipped": np.ascontiguousarray(faces[:HALF, :, ::-1])}
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +74,29 @@ def test_precision_recall_of_halves_is_high_and_blur_lowers_precision(features):
     assert blurred["density"] < 0.8 * halves["density"]
 
 
-def test_memorisation_flags_copies_of_training_images(images, features):
-    # 36 unseen faces and copies of 4 training faces: 10% copies. The unseen faces are
-    # the holdout baseline too, so at most one of them (the 1st percentile) is flagged.
-    copied = [3, 11, 22, 37]
-    samples = {key: np.concatenate([source["other"][:HALF - 4], source["train"][copied]])
+def test_memorisation_flags_copies_and_mirrored_copies_of_training_images(images, features):
+    # 34 unseen faces, copies of 4 training faces and mirror images of 2 (training flips
+    # images): 15% copies. The unseen faces are the holdout baseline too, so at most one
+    # of them (the threshold, holdout distance 1 of 40) is flagged.
+    copied, flipped = [3, 11, 22, 37], [5, 30]
+    samples = {key: np.concatenate([source["other"][:HALF - 6], source["train"][copied],
+                                    source["train_flipped"][flipped]])
                for key, source in (("features", features), ("pixels", images))}
     holdout = {"features": features["other"], "pixels": images["other"]}
-    train = {"features": features["train"], "pixels": images["train"]}
+    train = {"features": features["train"], "features_flipped": features["train_flipped"],
+             "pixels": images["train"]}
     metrics, nearest = memorisation(samples, holdout, train)
     for name in ("cosine", "pixel"):
-        assert 0.1 <= metrics[f"fraction_{name}"] <= 0.1 + 1 / HALF, name
-        assert nearest[f"{name}_index"][-4:].tolist() == copied, name
-        assert (nearest[f"{name}_distance"][-4:] < 1e-5).all(), name
+        assert 0.15 <= metrics[f"fraction_{name}"] <= 0.15 + 1 / HALF, name
+        assert nearest[f"{name}_index"][-6:].tolist() == copied + flipped, name
+        assert nearest[f"{name}_flipped"][-6:].tolist() == [False] * 4 + [True] * 2, name
+        assert (nearest[f"{name}_distance"][-6:] == 0).all(), name
+    # With 40 holdout images chance alone allows up to 6 of 40 flagged (99%): 6 copies
+    # are evidence only with one unseen face flagged beside them.
+    assert metrics["null_upper_count"] == 6
+    for name in ("cosine", "pixel"):
+        evidence = metrics[f"flagged_{name}"] > 6
+        assert metrics[f"copying_evidence_{name}"] is evidence, name
 
 
 def test_memorisation_does_not_flag_unseen_images():
@@ -125,7 +137,9 @@ def test_row_blocks_change_no_result(monkeypatch):
 
 
 def stub_features(arrays, count, weights, batch_size, device, desc):
-    """8-d features of uint8 images (channel means, stds, brightness range): no Inception.
+    """9-d features of uint8 images (channel means, stds, brightness range, left half
+    minus right half): no Inception. The last one changes sign with a mirror image, so
+    mirrored images have their own features, as with Inception.
 
     Stands in for `evaluation._features` so the wiring test runs in seconds; FID's
     sqrtm of an 8×8 matrix is instant.
@@ -135,29 +149,36 @@ def stub_features(arrays, count, weights, batch_size, device, desc):
         x = batch.astype(np.float64) / 255
         rows.append(np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)),
                                     x.mean(axis=3).max(axis=(1, 2))[:, None],
-                                    x.mean(axis=3).min(axis=(1, 2))[:, None]], axis=1))
+                                    x.mean(axis=3).min(axis=(1, 2))[:, None],
+                                    (x[:, :, :x.shape[2] // 2].mean(axis=(1, 2, 3))
+                                     - x[:, :, x.shape[2] // 2:].mean(axis=(1, 2, 3)))[:, None]],
+                                   axis=1))
     return np.concatenate(rows)
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, standin_inception):
     """fid_ref + fid on a tiny prepared demo set and 'samples' that are holdout-like faces
-    plus two training copies, with stub features; then the report."""
+    plus two training copies and a mirrored one, with stub features; then the report."""
     root = tmp_path_factory.mktemp("scored")
     prepared = tiny.prepared(root / "data", n=64)
     train = np.concatenate(list(evaluation.prepared_arrays(prepared, "train")))
-    generated = np.concatenate([demo_faces(500, 518, tiny.IMG), train[:2]])  # 20 "samples"
+    generated = np.concatenate([demo_faces(500, 517, tiny.IMG), train[:2],   # 20 "samples"
+                                train[5:6, :, ::-1]])
     samples = root / "samples"
     samples.mkdir()
     np.save(samples / "shard-00000.npy", generated)
     manifest = {"n": len(generated), "shards": ["shard-00000.npy"], "nfe": 10,
                 "sample": {"sampler": "ddim", "steps": 10, "eta": 0.0, "use_ema": True}}
     (samples / "manifest.json").write_text(json.dumps(manifest))
-    fid = FidConfig(splits=4, kid_subsets=10, kid_subset_size=10, max_real=30)
+    # max_real keeps 30 of the ~57 training images, memorisation_train = 0 searches all.
+    fid = FidConfig(splits=4, kid_subsets=10, kid_subset_size=10, max_real=30,
+                    memorisation_train=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation, "_features", stub_features)
         evaluation.reference_statistics(prepared, root / "fid_ref/stats.npz", split="train",
-                                        weights="", batch_size=8, max_real=fid.max_real)
+                                        weights="", batch_size=8, max_real=fid.max_real,
+                                        memorisation_train=fid.memorisation_train)
         metrics = evaluation.score_samples(samples, root / "fid_ref/stats.npz",
                                            root / "metrics/fid.json", fid=fid,
                                            prepared_dir=prepared,
@@ -177,6 +198,24 @@ def test_fid_ref_keeps_capped_features_of_both_splits(scored):
         assert f["train_index"][0] == 0 and f["train_index"][-1] == meta["splits"]["train"]["n"] - 1
         assert len(f["holdout"]) == meta["splits"]["holdout"]["n"] < 30   # all of them
         assert f["train"].dtype == np.float32
+        # The memorisation check's: every training image (memorisation_train = 0), and its
+        # mirror image, as float16; the kept ones have the features the cap kept.
+        n_train = meta["splits"]["train"]["n"]
+        assert (f["memorisation_train_index"] == np.arange(n_train)).all()
+        assert f["memorisation_train"].shape == f["memorisation_train_flipped"].shape
+        assert f["memorisation_train"].dtype == np.float16
+        assert len(f["memorisation_train"]) == n_train
+        np.testing.assert_allclose(f["memorisation_train"][f["train_index"]], f["train"],
+                                   rtol=1e-3, atol=1e-3)
+        assert meta["memorisation"] == {"memorisation_train": 0, "train": n_train,
+                                        "train_flipped": n_train}
+        # The mirror images' features are their own (the left-right feature changes sign);
+        # μ is that of the kept images unflipped.
+        side = f["memorisation_train"][:, -1].astype(float)
+        np.testing.assert_allclose(f["memorisation_train_flipped"][:, -1], -side, atol=1e-3)
+        assert np.abs(side).max() > 0.02
+        mu, _ = load_statistics(root / "fid_ref/stats.npz")
+        np.testing.assert_allclose(mu, f["train"].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_fid_metrics_hold_every_new_number_with_its_n(scored):
@@ -186,12 +225,23 @@ def test_fid_metrics_hold_every_new_number_with_its_n(scored):
     assert metrics["kid"]["subset_size"] == 10 and metrics["kid"]["n_reference"] == 30
     assert {"precision", "recall", "density", "coverage"} <= set(metrics["precision_recall"])
     memorised = metrics["memorisation"]
-    assert memorised["n_generated"] == 20 and memorised["n_train"] == 30
-    # Sample 18 is a copy of training image 0, which max_real always keeps (image 1, the
-    # other copy, is dropped by the cap: every other of ~57 images is kept).
-    nearest = (root / "memorisation/nearest.csv").read_text().splitlines()
-    assert nearest[-2].split(",")[2] == "0" and nearest[-2].split(",")[4] == "0"
-    assert memorised["fraction_pixel"] >= 1 / 20
+    n_train = json.loads((root / "fid_ref/stats.json").read_text())["splits"]["train"]["n"]
+    assert memorised["n_generated"] == 20
+    assert memorised["n_train"] == memorised["n_train_flipped"] == n_train > 30
+    # Samples 17 and 18 are copies of training images 0 and 1 (image 1 is not among the
+    # 30 max_real keeps: memorisation_train = 0 searches it), sample 19 training image 5
+    # mirrored: each found at distance 0, in both spaces, and flagged.
+    nearest = pd.read_csv(root / "memorisation/nearest.csv")
+    assert len(nearest) == 20
+    copies = nearest.iloc[-3:]
+    for name in ("cosine", "pixel"):
+        assert copies[f"{name}_train_index"].tolist() == [0, 1, 5], name
+        assert copies[f"{name}_flipped"].tolist() == [False, False, True], name
+        assert (copies[f"{name}_distance"] == 0).all() and copies[f"{name}_flagged"].all()
+        assert memorised[f"flagged_{name}"] >= 3
+        assert memorised[f"copying_evidence_{name}"] == (
+            memorised[f"flagged_{name}"] > memorised["null_upper_count"])
+    assert 0 < memorised["null_rate"] < memorised["null_upper"] <= 1
     for name in ("distances.png", "closest_pairs.png"):
         assert (root / "memorisation" / name).stat().st_size > 1000, name
 
@@ -217,6 +267,14 @@ def test_features_from_an_older_fid_ref_are_refused_in_one_line(scored, tmp_path
     np.savez(tmp_path / "old.npz", mu=np.zeros(2))
     with pytest.raises(DdpmError, match="not fid_ref features"):
         load_real_features(tmp_path / "old.npz")
+    # Made before the memorisation check searched flipped images: rerun fid_ref.
+    with np.load(root / "fid_ref/features.npz") as f:
+        np.savez(tmp_path / "unflipped.npz", **{k: f[k] for k in f.files
+                                                if not k.startswith("memorisation_")})
+    with pytest.raises(DdpmError, match="before the memorisation check searched flipped "
+                                        r"training images; rerun the fid_ref stage") as error:
+        load_real_features(tmp_path / "unflipped.npz")
+    assert "\n" not in str(error.value)
 
 
 def test_compare_table_shows_the_new_metrics_with_their_spread(scored):
@@ -245,3 +303,20 @@ def test_bad_sample_counts_stop_in_one_line_before_inception_runs(scored):
     check_inputs(root / "fid_ref/stats.npz", 8, FidConfig(splits=4))   # 4 blocks of 2: fine
     with pytest.raises(DdpmError, match="fid.splits = 4: 7 samples give blocks of 1"):
         check_inputs(root / "fid_ref/stats.npz", 7, FidConfig(splits=4))
+
+
+def test_fid_metrics_hold_standard_errors_kid_x1e3_equal_n_and_swd(scored):
+    # 20 generated against 30 reference images (stub 8-d features, 16 px pixels).
+    _, m, _ = scored
+    se, kid, pr, swd = m["fid_se"], m["kid"], m["precision_recall"], m["swd"]
+    assert se["draws"] == kid["draws"] == FidConfig().bootstrap == 50
+    assert se["groups"] == kid["groups"] == 20
+    assert se["bootstrap"] > 0 and se["jackknife"] > 0
+    assert (se["n_generated"], se["n_reference"]) == (20, 30)
+    assert kid["mean_x1e3"] == pytest.approx(1e3 * kid["mean"], abs=1e-3)
+    assert kid["std_x1e3"] == pytest.approx(1e3 * kid["std"], abs=1e-3)
+    assert kid["se_bootstrap_x1e3"] > 0 and kid["se_jackknife_x1e3"] > 0
+    assert np.isfinite(kid["full_x1e3"])
+    assert pr["n_generated"] == pr["n_reference"] == 20       # a seeded subset of the 30
+    assert list(swd["levels_x1e3"]) == ["16"] and swd["mean_x1e3"] > 0   # 16 px: one level
+    assert (swd["n_generated"], swd["n_reference"]) == (20, 30)

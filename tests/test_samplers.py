@@ -373,16 +373,20 @@ def test_logsnr_spacing_is_uniform_in_log_snr():
     for S in (2, 5, 10, 20, 50):
         taus = ddim_timesteps(1000, S, "logsnr", schedule=sched)
         assert taus[0] == 999 and taus[-1] == 0
-        target = np.linspace(all_lam[999], all_lam[0], S)
+        # targets from λ(T−2), not λ(T−1) (a clipped last β makes λ plunge there); the
+        # first point, nearest λ(T−2), is then moved up to T − 1
+        target = np.linspace(all_lam[998], all_lam[0], S)
         nearest = np.abs(all_lam[None, :] - target[:, None]).argmin(1)
+        nearest[0] = 999
         # each point is the timestep whose log SNR is nearest its target, except where
         # two targets share one near t = 0 and the lower ones move up (S = 50: the
         # nearest ..., 5, 4, 3, 2, 1, 1, 0 become ..., 6, 5, 4, 3, 2, 1, 0)
         assert (taus == nearest).all() if S <= 20 else (taus[:-6] == nearest[:-6]).all()
-    # The cosine schedule's log SNR plunges over its last steps (β clipped at 0.999):
-    # several targets share a nearest timestep and are spread to distinct neighbours.
+    # The cosine schedule's log SNR plunges in its last step (β clipped at 0.999: −12.9
+    # at t = 998, −19.8 at 999); the range stops at 998, so only t = 999 sits below −12
+    # (the grid before: 999, 998, 997, 994, 975, ...; tests/test_sampler_grids.py).
     cosine = ddim_timesteps(1000, 10, "logsnr", schedule=schedule("cosine"))
-    assert cosine[0] == 999 and cosine[-1] == 0 and len(set(cosine.tolist())) == 10
+    assert cosine.tolist() == [999, 995, 986, 953, 836, 517, 177, 45, 8, 0]
     assert ddim_timesteps(1000, 1, "logsnr", schedule=sched).tolist() == [999]
     with pytest.raises(ValueError, match="logsnr spacing needs the noise schedule"):
         ddim_timesteps(1000, 10, "logsnr")
@@ -447,10 +451,11 @@ def test_ode_solver_samples_have_the_probed_moments(name, sampler):
 def test_ode_solvers_converge_to_the_data_as_nfe_grows(name, sampler):
     """Output mean and std → (μ, s) as NFE grows, at second order (error ÷ ≥ 3 per 2× NFE).
 
-    Errors seen (logsnr spacing; std error, mean error within 1.1e-3 from 10 NFE on):
-    DPM-Solver++ linear 5: −0.10, 10: +0.016, 20: +0.0073, 50: +0.0011, 100: +2e-4,
-    200: −3e-5; cosine 10: −0.0063, 20: +0.015, 50: +0.0028, 100: +7e-4, 200: 1.4e-4;
-    UniPC linear 10: +0.025, 20: +0.0047, 50: +2.3e-4, 100: −4e-5, 200: −7e-5. DDIM,
+    Errors seen (logsnr spacing, its range from λ(T−2); std error, mean error within
+    1.1e-3 from 10 NFE on): DPM-Solver++ linear 5: −0.10, 10: +0.016, 20: +0.0072,
+    50: +0.0011, 100: +2e-4, 200: −2e-5; cosine 10: +0.014, 20: +0.0098, 50: +0.0017,
+    100: +4e-4, 200: 6e-5 (from λ(T−1), before issue 23: 10: −0.0063, 20: +0.015, 50:
+    +0.0028); UniPC linear 10: +0.026, 20: +0.0047, 50: +2.3e-4, 100: −4e-5, 200: −7e-5. DDIM,
     first order, only halves its error per 2× NFE (linear, uniform, 50: −0.028, 100:
     −0.014).
     The mean's floor of 1e-3 (linear) is x_T ~ N(0, I) rather than N(√ᾱ_T μ, ·).
@@ -470,9 +475,12 @@ def test_dpm_solver_pp_at_10_nfe_beats_ddim_at_10_and_20(name):
     """DPM-Solver++(2M), logsnr grid, at 10 NFE: closer to (μ, s) than DDIM at 10 NFE on
     any spacing, and than DDIM at 20 NFE on its default (uniform) spacing.
 
-    Distance = √(Δmean² + Δstd²). Seen: linear 0.016 against DDIM-10 0.075 (quadratic,
-    its best) to 0.13 (trailing) and DDIM-20 0.066; cosine 0.0063 against 0.058–0.17
-    and DDIM-20 0.037.
+    Distance = √(Δmean² + Δstd²). Seen: linear 0.016 against DDIM-10 0.076 (quadratic,
+    its best) to 0.13 (trailing) and DDIM-20 0.066; cosine 0.014 against 0.059–0.14
+    and DDIM-20 0.037. (Cosine on the logsnr grid as built before issue 23, from the
+    clipped λ(T−1): 0.0063, but 0.015 at 20 NFE: a std error that changes sign between
+    10 and 20 NFE, so the 10-NFE figure was partly cancellation; tests/test_sampler_grids.py
+    judges the grids on two-mode data.)
     """
     def distance(sampler, steps, **options):
         return float(np.hypot(*moment_errors(name, sampler, steps, **options)))
@@ -484,7 +492,7 @@ def test_dpm_solver_pp_at_10_nfe_beats_ddim_at_10_and_20(name):
           + ", ".join(f"{k} {v:.4f}" for k, v in ddim10.items())
           + f"; DDIM 20 NFE uniform {ddim20:.4f}")
     assert dpmpp < min(ddim10.values()) / 3
-    assert dpmpp < ddim20 / 3
+    assert dpmpp < ddim20 / 2.5
     assert distance("unipc", 10) < min(ddim10.values()) / 2
 
 

@@ -1,7 +1,10 @@
-"""Training: gradient accumulation equivalence, resume after SIGKILL, DDP on CPU, NaN stop."""
+"""Training: gradient accumulation equivalence, resume after SIGKILL, DDP on CPU, NaN stop,
+what train/loss and train/mse hold."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import signal
 import subprocess
@@ -11,13 +14,15 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 
 import tiny
 from ddpm.training.data import FaceDataModule
+from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.training.run import (CHECKPOINT, build_trainer, fingerprint, read_checkpoint,
-                               resume_path)
+                               resume_path, train)
 from ddpm.training.system import DiffusionSystem, NonFiniteLoss
 from ddpm.training.callbacks import ResumeCheckpoint
 
@@ -32,12 +37,13 @@ class FixedNoiseSystem(DiffusionSystem):
     """
 
     def loss(self, x0):
-        from ddpm.diffusion.forward import prediction_target, q_sample
+        from ddpm.diffusion.forward import TrainingLoss, prediction_target, q_sample
         t = (x0.flatten(1).sum(1).abs() * 97).long() % self.schedule.timesteps   # [B]
         noise = torch.sin(x0 * 12.9898 + 78.233)                                  # [B,3,H,W]
         x_t = q_sample(self.schedule, x0, t, noise)
         target = prediction_target(self.schedule, x0, noise, t, "eps")
-        return torch.nn.functional.mse_loss(self.net(x_t, t), target)
+        loss = torch.nn.functional.mse_loss(self.net(x_t, t), target)
+        return TrainingLoss(loss, loss.detach())
 
 
 class CaptureGrads(L.Callback):
@@ -172,8 +178,8 @@ def test_checkpoints_set_aside_in_the_same_second_are_all_kept(tmp_path, capsys)
 
 class NanAfter(FixedNoiseSystem):
     def loss(self, x0):
-        loss = super().loss(x0)
-        return loss * float("nan") if self.global_step >= 3 else loss
+        terms = super().loss(x0)
+        return terms._replace(loss=terms.loss * float("nan")) if self.global_step >= 3 else terms
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
@@ -188,6 +194,66 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         trainer.fit(system, datamodule=data)
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+
+
+class CaptureSteps(L.Callback):
+    """Per training batch: the global RNG state and the batch as `training_step` gets
+    them, a copy of the network before the update, then the metrics the step logged."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps.append({"rng": torch.get_rng_state(), "x0": batch.detach().clone(),
+                           "net": copy.deepcopy(pl_module.net)})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        metrics = trainer.callback_metrics
+        self.steps[-1].update(loss=float(metrics["train/loss"]), mse=float(metrics["train/mse"]))
+
+
+def test_train_mse_is_the_unweighted_mse_of_the_batch_and_reaches_dvclive(tmp_path):
+    """train/mse is the batch's plain mean squared error of the v target (what val/loss
+    measures), train/loss the same errors min-SNR-weighted; both recomputed here from
+    the schedule's ᾱ, the replayed t and ε, and the network as it was at that step.
+
+    zero_init=False: the default UNet starts with a zero output layer, whose output
+    (0 everywhere) would let a loss computed against the wrong tensor pass."""
+    params = tiny.params(model={"zero_init": False},
+                         train={"max_steps": 10, "hflip": False, "val_every": 100,
+                                "sample_every": 100, "checkpoint_every": 100},
+                         sample={"sampler": "ddim", "steps": 2})  # end-of-run grid: no diffusers
+    diffusion = params.diffusion
+    assert (diffusion.prediction, diffusion.loss_weighting) == ("v", "min_snr")
+    capture = CaptureSteps()
+    live = tmp_path / "dvclive"
+    train(params, tiny.prepared(tmp_path / "data", n=40), tmp_path / "models",
+          tmp_path / "state", live, extra_callbacks=[capture], progress=False)
+    alpha_bar = NoiseSchedule.from_name(diffusion.schedule, diffusion.timesteps).alphas_cumprod
+    assert len(capture.steps) == 10
+    for step in capture.steps:
+        x0 = step["x0"]
+        torch.set_rng_state(step["rng"])  # training_loss's draws, in its order: t, then ε
+        t = torch.randint(0, diffusion.timesteps, (x0.shape[0],))
+        eps = torch.randn(x0.shape)
+        ab = alpha_bar[t].reshape(-1, 1, 1, 1)                             # float64 [B,1,1,1]
+        x_t = (ab.sqrt() * x0 + (1 - ab).sqrt() * eps).float()
+        v = ab.sqrt() * eps - (1 - ab).sqrt() * x0                         # Salimans & Ho §4
+        with torch.no_grad():
+            squared = (step["net"](x_t, t).double() - v) ** 2
+        snr = ab.flatten() / (1 - ab.flatten())
+        weight = snr.clamp(max=diffusion.min_snr_gamma) / (snr + 1)        # min-SNR-γ for v
+        assert step["mse"] == pytest.approx(squared.mean().item(), rel=1e-5)
+        assert step["loss"] == pytest.approx(
+            (squared.flatten(1).mean(1) * weight).mean().item(), rel=1e-5)
+        assert step["loss"] < 0.9 * step["mse"]  # the two differ: a swap would show
+    # DVCLive: the plot file every log_every_n_steps (10) optimizer steps, and the summary.
+    logged = pd.read_csv(live / "plots/metrics/train/mse.tsv", sep="\t")
+    assert logged["step"].tolist() == [9]
+    assert logged["mse"].iloc[0] == pytest.approx(capture.steps[9]["mse"], rel=1e-6)
+    summary = json.loads((live / "metrics.json").read_text())["train"]
+    assert summary["mse"] == pytest.approx(capture.steps[-1]["mse"], rel=1e-6)
+    assert summary["loss"] == pytest.approx(capture.steps[-1]["loss"], rel=1e-6)
 
 
 def run_stage(tmp_path: Path, params_file: Path, out: str = "", **popen):

@@ -2,12 +2,14 @@
 
 Modules in dependency order: `schedules` → `forward` → `samplers` (DDPM, DDIM) →
 `solvers` (DPM-Solver++, UniPC) → `registry` (`sample.sampler` → function, and
-`sample_images`, the one entry point). Nothing here knows about Lightning, DVC or
+`sample_images`, the one entry point); `likelihood` (the variational bound in
+bits/dim) sits beside the samplers. Nothing here knows about Lightning, DVC or
 params.yaml.
 """
 
 from ddpm.diffusion.forward import (loss_per_timestep, predict_x0_and_eps, prediction_target,
                                     q_sample, training_loss)
+from ddpm.diffusion.likelihood import BoundEstimate, bits_per_dim_bound
 from ddpm.diffusion.registry import SAMPLERS, sample_images, sampler_nfe
 from ddpm.diffusion.samplers import (SampleResult, ddim_sample, ddim_timesteps, ddpm_sample,
                                      initial_noise, sample_generators)
@@ -18,5 +20,6 @@ __all__ = [
     "SCHEDULES", "NoiseSchedule", "cosine_betas", "extract", "linear_betas",
     "loss_per_timestep", "predict_x0_and_eps", "prediction_target", "q_sample", "training_loss",
     "SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_sample", "initial_noise",
-    "sample_generators", "SAMPLERS", "sample_images", "sampler_nfe",
+    "sample_generators", "SAMPLERS", "sample_images", "sampler_nfe", "BoundEstimate",
+    "bits_per_dim_bound",
 ]

@@ -9,7 +9,7 @@ Legend: x0 = x_0, noise/eps = ε, a = √ᾱ_t (`sqrt_alphas_cumprod`),
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -92,10 +92,19 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: str,
     return weight.to(device=t.device, dtype=torch.float32)
 
 
-def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,
-                  generator: torch.Generator | None = None, loss_weighting: str = "none",
-                  min_snr_gamma: float = 5.0) -> torch.Tensor:
-    """L_simple (Ho et al. 2020, eq. 14), for any prediction target: a scalar.
+class TrainingLoss(NamedTuple):
+    """`loss`: what is minimised, a scalar with gradient. `mse`: the unweighted mean
+    per-pixel squared error of the same outputs against the same target (detached), the
+    quantity `val/loss` measures; equal to `loss` when `loss_weighting` is "none"."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+
+
+def training_losses(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,
+                    generator: torch.Generator | None = None, loss_weighting: str = "none",
+                    min_snr_gamma: float = 5.0) -> TrainingLoss:
+    """L_simple (Ho et al. 2020, eq. 14), for any prediction target, and its unweighted MSE.
 
     t ~ Uniform{0..T−1} and ε ~ N(0, I) per image; the loss is the mean per-pixel
     squared error between model(x_t, t) and the target, each image weighted by
@@ -117,9 +126,18 @@ def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, predi
     # Float32 loss even under mixed precision: the mean of many small squares
     # loses most of its bits in bf16.
     per_image = (model(x_t, t).float() - target.float()).pow(2).flatten(1).mean(1)  # [B]
+    mse = per_image.detach().mean()
     if loss_weighting == "min_snr":
         per_image = per_image * min_snr_weight(schedule, t, prediction, min_snr_gamma)
-    return per_image.mean()
+    return TrainingLoss(per_image.mean(), mse)
+
+
+def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,
+                  generator: torch.Generator | None = None, loss_weighting: str = "none",
+                  min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """The (weighted) training loss alone: `training_losses(...).loss`, a scalar."""
+    return training_losses(model, schedule, x0, prediction, generator, loss_weighting,
+                           min_snr_gamma).loss
 
 
 @torch.no_grad()

@@ -93,12 +93,13 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform", *,
                    Flawed", Table 2); always starts at T − 1. Computed from integers k so
                    floating-point drift in arange cannot add an (S+1)-th value.
     - "logsnr":    uniform in log SNR(t) = log(ᾱ/(1 − ᾱ)) (= 2λ_t of DPM-Solver), from
-                   t = T−1 down to t = 0 (S = 1: just T − 1), each point moved to the
-                   timestep of nearest log SNR, then made distinct as for "quadratic".
-                   DPM-Solver's recommended grid for low-resolution pixel models (Lu et al.
-                   2022, "DPM-Solver", §3.3, skip type "logSNR"); needs the `schedule`.
-                   With the cosine schedule several points land in the last few timesteps,
-                   where its β clip (0.999) makes log SNR plunge.
+                   t = T−2 down to t = 0, each point moved to the timestep of nearest log
+                   SNR, the first then moved up to T − 1 (S = 1: just T − 1), and all made
+                   distinct as for "quadratic". DPM-Solver's recommended grid for
+                   low-resolution pixel models (Lu et al. 2022, "DPM-Solver", §3.3, skip
+                   type "logSNR"); needs the `schedule`. The range stops at T − 2 because
+                   the cosine and sigmoid schedules clip their last β (0.999), where log
+                   SNR plunges (cosine: −12.9 → −19.8); see `_nearest_log_snr`.
     With S = T every spacing gives all timesteps T−1..0.
     """
     if spacing not in SPACINGS:
@@ -125,14 +126,25 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform", *,
 
 
 def _nearest_log_snr(schedule: NoiseSchedule | None, timesteps: int, steps: int) -> np.ndarray:
-    """Ascending timesteps whose λ(t) is nearest to S values uniform in λ from λ(0) to λ(T−1)."""
+    """Ascending timesteps whose λ(t) is nearest to S values uniform in λ from λ(0) to
+    λ(T−2), the last of them (nearest λ(T−2)) moved up to T − 1.
+
+    The range stops at T − 2 because a clipped last β (cosine and sigmoid: 0.999) makes
+    λ plunge in the last step (cosine, T = 1000: −12.9 at t = 998, −19.8 at t = 999).
+    Stretched to λ(T−1), the range put 4 of 10 points at t ≥ 994, where √ᾱ ≤ 0.008
+    ([999, 998, 997, 994, 975, 872, 476, 105, 14, 0]); DPM-Solver++ and UniPC sampled
+    a two-mode toy with an exact denoiser about 3× worse on it than on "trailing"
+    (tests/test_sampler_grids.py).
+    """
     if schedule is None or schedule.timesteps != timesteps:
         raise ValueError("logsnr spacing needs the noise schedule of the T timesteps")
     neg_lam = -schedule.log_snr(torch.arange(timesteps)).numpy()  # ascending in t: λ falls
-    targets = np.linspace(neg_lam[-1], neg_lam[0], steps)[::-1]   # S = 1: only T − 1
+    targets = np.linspace(neg_lam[max(timesteps - 2, 0)], neg_lam[0], steps)[::-1]
     right = np.clip(np.searchsorted(neg_lam, targets), 1, timesteps - 1)
     nearer_left = targets - neg_lam[right - 1] < neg_lam[right] - targets
-    return np.where(nearer_left, right - 1, right).astype(np.int64)
+    nearest = np.where(nearer_left, right - 1, right).astype(np.int64)
+    nearest[-1] = timesteps - 1  # start where x_T ~ N(0, I) is the marginal: S = 1 gives T − 1
+    return nearest
 
 
 # ---------------------------------------------------------------- shared pieces

@@ -9,12 +9,14 @@ only ever drew x_T. The update rules are diffusers' (`DPMSolverMultistepSchedule
 - Timesteps are this project's (`ddim_timesteps(T, steps, spacing)`), so a spacing means
   the same for every sampler and DPM-Solver++ of order 1 *is* DDIM with η = 0 on the same
   grid (checked by the tests). The generate stage passes `sample.solver_spacing`, default
-  "logsnr" (uniform in log SNR, DPM-Solver's grid for pixel models): on DDIM's "uniform"
-  grid the last interval, T/S → 0, is a jump in λ several times the one before, and the
-  second-order extrapolation across it overshoots (on Gaussian data and the linear
-  schedule, 10 steps give a std 38% too large, against 3% with "logsnr"). After the last
-  timestep the solver steps to σ = 0 (diffusers' `final_sigmas_type="zero"`), a
-  first-order step whose result is exactly the last x̂_0.
+  "trailing" (starts at T − 1, ends at T/S − 1). On DDIM's "uniform" grid the last
+  interval, T/S → 0, is a jump in λ several times the one before, and the second-order
+  extrapolation across it overshoots (on Gaussian data and the linear schedule, 10 steps
+  give a std 38% too large, against 3% with "logsnr", uniform in log SNR). "logsnr" as
+  built before issue 23 spent 4 of 10 steps at t ≥ 994 under the cosine schedule and
+  sampled two-mode toy data about 3× worse than "trailing" (tests/test_sampler_grids.py).
+  After the last timestep the solver steps to σ = 0 (diffusers' `final_sigmas_type="zero"`),
+  a first-order step whose result is exactly the last x̂_0.
 - σ_t = √((1 − ᾱ_t)/ᾱ_t) at those timesteps comes from this project's float64 schedule,
   written over what `set_timesteps` computed from diffusers' float32 ᾱ (which, for t
   near 0 where 1 − ᾱ_t ≈ 1e-4, is off by ~1e-3 relative).

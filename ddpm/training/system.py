@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ddpm.compiling import compile_module
 from ddpm.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
-from ddpm.diffusion.forward import (predict_x0_and_eps, prediction_target, q_sample,
-                                    training_loss)
+from ddpm.diffusion.forward import (TrainingLoss, predict_x0_and_eps, prediction_target,
+                                    q_sample, training_losses)
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
 from ddpm.models import build_model
@@ -80,18 +80,22 @@ class DiffusionSystem(L.LightningModule):
 
     # ------------------------------------------------------------ steps
 
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        return training_loss(self._forward_net, self.schedule, x0, self.diffusion.prediction,
-                             loss_weighting=self.diffusion.loss_weighting,
-                             min_snr_gamma=self.diffusion.min_snr_gamma)
+    def loss(self, x0: torch.Tensor) -> TrainingLoss:
+        """(the loss to minimise, weighted as `diffusion.loss_weighting` says; its unweighted MSE)."""
+        return training_losses(self._forward_net, self.schedule, x0, self.diffusion.prediction,
+                               loss_weighting=self.diffusion.loss_weighting,
+                               min_snr_gamma=self.diffusion.min_snr_gamma)
 
     def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(x0)
+        loss, mse = self.loss(x0)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"training loss is {loss.item()} at step {self.global_step}; "
                                 "stopped (the last checkpoint is kept): lower train.lr or use "
                                 "train.precision=32-true")
+        # train/loss is what is minimised (min-SNR-weighted when that is on); train/mse
+        # is the same batch's unweighted MSE of the target, the quantity val/loss measures.
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/mse", mse, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 

@@ -1,0 +1,183 @@
+"""The memorisation check on synthetic features and pixels (no Inception, seconds):
+flipped training images are searched, copies and mirrored copies are flagged, and the
+flagged fraction of a model that does not copy stays within the stated null bound.
+
+The same functions run on stand-in Inception features in tests/test_sample_metrics.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import betabinom
+
+from ddpm.metrics import memorisation as memo
+from ddpm.metrics.memorisation import (flagged, memorisation, nearest_with_flips,
+                                       null_flag_bound, threshold_rank)
+
+RNG = np.random.default_rng
+SIDE = 6                                              # px: 6 × 6 × 3 synthetic images
+PROJECTION = RNG(99).normal(size=(SIDE * SIDE * 3, 24))  # a fixed "feature network"
+
+
+def features_of(pixels: np.ndarray) -> np.ndarray:
+    """24-d features of uint8 images: a fixed random projection, not flip-invariant, so a
+    mirror image has other features (as Inception's do) and needs its own."""
+    return (pixels.reshape(len(pixels), -1) / 255.0) @ PROJECTION
+
+
+def images(rng, n: int) -> np.ndarray:
+    """n random uint8 images [n, SIDE, SIDE, 3], smooth enough to be far from symmetric."""
+    return rng.integers(0, 256, (n, SIDE, SIDE, 3), dtype=np.uint8)
+
+
+def mirror(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels[:, :, ::-1])
+
+
+def as_sets(generated: np.ndarray, holdout: np.ndarray, train: np.ndarray):
+    """The three arguments of `memorisation`, features computed as fid_ref would."""
+    return ({"features": features_of(generated), "pixels": generated},
+            {"features": features_of(holdout), "pixels": holdout},
+            {"features": features_of(train), "features_flipped": features_of(mirror(train)),
+             "pixels": train})
+
+
+# ------------------------------------------------------------------ copies and flips
+
+
+def test_exact_copies_and_exact_flips_are_flagged_at_distance_zero_in_both_spaces():
+    rng = RNG(0)
+    train, holdout, unseen = images(rng, 120), images(rng, 60), images(rng, 40)
+    copied, flipped = [3, 17, 58], [5, 44, 101]
+    generated = np.concatenate([unseen, train[copied], mirror(train[flipped])])
+    metrics, nearest = memorisation(*as_sets(generated, holdout, train))
+    assert metrics["n_train"] == metrics["n_train_flipped"] == 120
+    for name in ("cosine", "pixel"):
+        d, index = nearest[f"{name}_distance"][-6:], nearest[f"{name}_index"][-6:]
+        assert (d < 1e-6).all(), (name, d)
+        assert index.tolist() == copied + flipped, name
+        assert nearest[f"{name}_flipped"][-6:].tolist() == [False] * 3 + [True] * 3, name
+        assert nearest[f"{name}_flagged"][-6:].all(), name
+        assert metrics[f"flagged_{name}"] >= 6, name
+        assert metrics[f"exact_copies_{name}"] == 6, name
+
+
+def test_flipped_training_images_are_searched_in_both_spaces():
+    # A mirror image of a training image is far from every unflipped training image,
+    # in features and in pixels: found only because the flips are searched.
+    rng = RNG(1)
+    train = images(rng, 50)
+    query = mirror(train[[7, 21]])
+    sets = {"features": features_of(train), "features_flipped": features_of(mirror(train)),
+            "pixels": train}
+    for space, q in (("cosine", features_of(query)), ("pixel", query)):
+        d, index, flipped = nearest_with_flips(space, q, sets)
+        assert index.tolist() == [7, 21] and flipped.all() and (d < 1e-6).all(), space
+    plain_d, _ = memo.nearest_pixel(query, train)
+    assert (plain_d > 0.1).all()          # the unflipped search alone misses them
+
+
+def test_a_holdout_copy_of_a_training_image_still_lets_copies_be_flagged():
+    # prepare drops identical files, not identical pixels: a holdout image that is a
+    # training image makes the threshold 0; copies sit at it, and "at or below" flags them.
+    rng = RNG(2)
+    train, holdout, unseen = images(rng, 80), images(rng, 40), images(rng, 30)
+    holdout[0] = train[9]
+    generated = np.concatenate([unseen, train[[9, 12]]])
+    metrics, nearest = memorisation(*as_sets(generated, holdout, train))
+    for name in ("cosine", "pixel"):
+        assert metrics[f"threshold_{name}"] == pytest.approx(0, abs=1e-6), name
+        assert nearest[f"{name}_flagged"][-2:].all(), name
+
+
+def test_the_threshold_is_the_rank_r_holdout_distance_and_ties_with_it_are_flagged():
+    holdout = np.arange(1.0, 301.0)          # 300 distances: r = round(0.01 · 301) = 3
+    assert threshold_rank(300) == 3 and threshold_rank(89) == 1 and threshold_rank(5) == 1
+    fraction, threshold = flagged(np.array([0.5, 2.9, 3.0, 3.1, 7.0]), holdout)
+    assert threshold == 3.0 and fraction == pytest.approx(3 / 5)
+
+
+def test_train_blocks_change_no_result(monkeypatch):
+    # A real run's training set is converted block by block; blocks of 7 rows (features)
+    # and of 1 image (pixels) put block edges everywhere, where a wrong offset or a wrong
+    # choice between blocks would move an index.
+    rng = RNG(3)
+    train, holdout, unseen = images(rng, 40), images(rng, 20), images(rng, 25)
+    generated = np.concatenate([unseen, train[[4, 39]], mirror(train[[0, 22]])])
+    whole = memorisation(*as_sets(generated, holdout, train))
+    monkeypatch.setattr(memo, "TRAIN_BLOCK", 7 * 24)
+    blocked = memorisation(*as_sets(generated, holdout, train))
+    assert blocked[0] == whole[0]
+    for key, value in whole[1].items():
+        np.testing.assert_allclose(blocked[1][key], value, rtol=1e-6, atol=1e-12, err_msg=key)
+
+
+# ------------------------------------------------------------------ the null bound
+
+
+def test_null_bound_is_the_beta_binomial_quantile_in_the_upper_tail():
+    # K ~ Beta-binomial(n_g, r, n_h − r + 1): simulate it as the binomial of a Beta rate.
+    rng = RNG(4)
+    n_g, n_h = 200, 89
+    r = threshold_rank(n_h)
+    bound = null_flag_bound(n_g, n_h, r, confidence=0.99)
+    assert bound["rate"] == pytest.approx(1 / 90)
+    k = rng.binomial(n_g, rng.beta(r, n_h - r + 1, size=200_000))
+    assert np.mean(k > bound["upper_count"]) <= 0.01 + 0.001         # a 99% bound …
+    assert np.mean(k > bound["upper_count"] - 1) > 0.01              # … and the tightest one
+    assert bound["upper"] == bound["upper_count"] / n_g
+    # The reviewer's run: 89 holdout images, 200 samples, 4.5% flagged is within chance.
+    assert bound["upper"] > 0.045
+
+
+def test_fewer_holdout_images_give_a_wider_interval():
+    uppers = [null_flag_bound(200, n_h, threshold_rank(n_h))["upper"]
+              for n_h in (30, 89, 300, 3000)]
+    assert uppers == sorted(uppers, reverse=True) and uppers[0] > uppers[-1] + 0.03
+    # Many holdout images and samples: the bound closes in on the 1% rate.
+    big = null_flag_bound(50_000, 20_000, threshold_rank(20_000))
+    assert big["rate"] == pytest.approx(0.01, rel=1e-3) and big["upper"] < 0.0125
+
+
+def test_a_model_that_does_not_copy_stays_within_the_bound_in_99_percent_of_runs():
+    # 200 seeded runs of the demo's sizes (89 holdout images, 200 samples): samples and
+    # holdout drawn from the same distribution (the null), Gaussian features and
+    # Gaussian-ish pixels. The bound is a 99% one: ≥ 95% of runs must stay within it.
+    rng = RNG(5)
+    n_g, n_h, n_t, reps = 200, 89, 150, 200
+    within = {"cosine": 0, "pixel": 0}
+    mean_fraction = {"cosine": 0.0, "pixel": 0.0}
+    for _ in range(reps):
+        def pixels(n):
+            return np.clip(rng.normal(128, 40, (n, 3, 3, 3)), 0, 255).round().astype(np.uint8)
+        train = {"features": rng.normal(size=(n_t, 16)),
+                 "features_flipped": rng.normal(size=(n_t, 16)), "pixels": pixels(n_t)}
+        samples = {"features": rng.normal(size=(n_g, 16)), "pixels": pixels(n_g)}
+        holdout = {"features": rng.normal(size=(n_h, 16)), "pixels": pixels(n_h)}
+        metrics, _ = memorisation(samples, holdout, train)
+        for name in within:
+            assert metrics[f"copying_evidence_{name}"] == (metrics[f"excess_{name}"] > 0)
+            within[name] += not metrics[f"copying_evidence_{name}"]
+            mean_fraction[name] += metrics[f"fraction_{name}"] / reps
+    assert metrics["null_rate"] == pytest.approx(1 / 90, abs=1e-4)
+    for name in within:
+        assert within[name] >= 0.95 * reps, (name, within[name])
+        # The flagged rate averages r / (n_h + 1) = 1/90 (sd over 200 runs ~ 0.0008).
+        assert mean_fraction[name] == pytest.approx(1 / 90, abs=0.003), name
+
+
+def test_copies_beyond_the_bound_are_evidence_and_fewer_are_not():
+    rng = RNG(6)
+    train, holdout = images(rng, 300), images(rng, 89)
+    for copies, evidence in ((20, True), (2, False)):
+        generated = np.concatenate([images(rng, 200 - copies), train[:copies]])
+        metrics, _ = memorisation(*as_sets(generated, holdout, train))
+        upper = metrics["null_upper_count"]
+        assert betabinom(200, 1, 89).cdf(upper) >= 0.99
+        for name in ("cosine", "pixel"):
+            assert metrics[f"copying_evidence_{name}"] is evidence, (name, copies)
+            excess = max(0, metrics[f"flagged_{name}"] - upper) / 200
+            assert metrics[f"excess_{name}"] == pytest.approx(excess, abs=1e-4)
+            assert (metrics[f"excess_{name}"] > 0) is evidence
+            assert metrics[f"exact_copies_{name}"] == copies   # counted whatever the bound

@@ -1,0 +1,38 @@
+"""The stand-in Inception's calibration sources and its refusals (fast: no Inception run)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.data.demo import draw_face
+from ddpm.errors import DdpmError
+from ddpm.inception_standin import (PROBE_IMAGES, demo_drawings, folder_images,
+                                    make_standin_weights)
+
+
+def test_demo_drawings_are_prepared_repeatable_and_not_a_runs_demo_set():
+    a, b = demo_drawings(3, size=16), demo_drawings(3, size=16)
+    assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    # data.seed 0's demo set, prepared the same way, shares no image with it
+    run_set = np.stack([np.asarray(draw_face(0, i).resize((16, 16))) for i in range(3)])
+    assert not any(np.array_equal(x, y) for x in a for y in run_set)
+    assert not np.array_equal(demo_drawings(1, seed=1, size=16), a[:1])
+
+
+def test_folder_images_takes_files_in_name_order_after_skip(tmp_path):
+    for i in range(4):
+        Image.new("RGB", (20, 10), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = folder_images(tmp_path, 2, size=8, skip=1)
+    assert images.shape == (2, 8, 8, 3)
+    assert [int(x[0, 0, 0]) for x in images] == [60, 120]  # files 1 and 2, cropped square
+    with pytest.raises(DdpmError, match="4 images, need 5"):
+        folder_images(tmp_path, 4, size=8, skip=1)
+
+
+def test_calibration_refuses_too_few_images_before_any_work(tmp_path):
+    with pytest.raises(DdpmError, match=f"more than {PROBE_IMAGES} images"):
+        make_standin_weights(tmp_path / "w.pth", images=demo_drawings(PROBE_IMAGES, size=8))
+    assert not (tmp_path / "w.pth").exists()
