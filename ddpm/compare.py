@@ -20,13 +20,20 @@ from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
 from ddpm.figures import save_figure
 
-KEY_METRICS = ("fid", "fid_blocks.mean", "kid.mean", "precision_recall.precision",
-               "precision_recall.recall", "memorisation.fraction_cosine", "n_generated",
-               "val.eps_mse", "val.loss", "train.loss", "timestep_loss.loss_q1",
+# Keys as `dvc exp show` nests them: each metrics file's groups (fid.json's `kid`,
+# analysis/metrics.json's `timestep_loss` and `likelihood`, dvclive's `train`) joined by dots.
+KEY_METRICS = ("fid", "fid_blocks.mean", "kid.full_x1e3", "swd.mean_x1e3",
+               "precision_recall.precision", "precision_recall.recall",
+               "memorisation.fraction_cosine", "n_generated", "likelihood.bits_per_dim",
+               "val.eps_mse", "val.loss", "train.mse", "train.loss", "timestep_loss.loss_q1",
                "timestep_loss.loss_q2", "timestep_loss.loss_q3", "timestep_loss.loss_q4",
                "train.images_per_s", "train.time_s")
-# Metrics shown as "mean ± spread" in one cell: the spread's key beside each mean's.
-SPREAD = {"fid_blocks.mean": "fid_blocks.sd", "kid.mean": "kid.std"}
+# Metrics shown as "value ± spread" in one cell: the spread's key beside each value's
+# (standard errors where the metric has one; a missing one, e.g. the bootstrap's when
+# fid.bootstrap = 0, leaves the value alone).
+SPREAD = {"fid": "fid_se.bootstrap", "fid_blocks.mean": "fid_blocks.sd",
+          "kid.full_x1e3": "kid.se_bootstrap_x1e3",
+          "likelihood.bits_per_dim": "likelihood.bits_per_dim_se"}
 CURVE = "analysis/timestep_loss.csv"
 GRID = "reports/figures/samples.png"  # the report's grid of generated samples
 

@@ -28,7 +28,9 @@ from ddpm.figures import save_figure
 from ddpm.generation import iter_shards, run_sampler, sampling_net
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 from ddpm.metrics.real_features import (SPLITS, features_path, kept_indices,
-                                        memorisation_indices, save_real_features)
+                                        load_reference_features, memorisation_indices,
+                                        save_real_features)
+from ddpm.metrics.resampling import standard_errors
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.progress import progress_bar
 from ddpm.training.callbacks import to_uint8
@@ -171,13 +173,22 @@ def sweep_points(samplers: Sequence[str], steps_list: Sequence[int],
 
 def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
               sample: SampleConfig, samplers: Sequence[str], steps_list: Sequence[int],
-              n: int, *, weights: str, batch_size: int, device="cpu") -> pd.DataFrame:
+              n: int, *, weights: str, batch_size: int, bootstrap: int,
+              device="cpu") -> pd.DataFrame:
     """FID of `n` samples for each sampler at each step count → table + plot in out_dir.
 
     One row per (sampler, steps) with its network evaluations per sample (NFE); the
     other sampler settings (eta, spacings, clipping, seed, EMA) are `sample`'s. Sample i
     has the same initial noise at every point, so the points differ by the sampler only.
+    Each point carries the standard error of its FID (`resampling.standard_errors`:
+    `bootstrap` draws, None when 0, and the jackknife), both sides resampled: the
+    samples and fid_ref's cached features of the reference images, the same images as
+    the reference μ, Σ (`n_reference`, at most `fid.max_real`).
     """
+    reference = load_reference_features(ref_npz)   # fail before any model or sampling
+    if min(n, len(reference)) < 3:   # the jackknife leaves a group out and still needs 2
+        raise ConfigError(f"FID sweep standard errors need at least 3 samples and 3 reference "
+                          f"images, got sample.sweep_n = {n} and {len(reference)} (fid.max_real)")
     net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
     net = sampling_net(net, sample, device)  # once: every point reuses the compiled graph
     points = sweep_points(samplers, steps_list, schedule.timesteps)
@@ -199,11 +210,15 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
             features = inception_features(rebatch(arrays, batch_size), inception, device,
                                           bar.update)
         fid = frechet_to_reference(features, mu_r, root_r, trace_r)
+        se = standard_errors("fid", features, reference, bootstrap, device=device)
         reads = get_sampler(name).options
         rows.append({"sampler": name, "steps": steps, "nfe": nfe,
                      "spacing": getattr(sample, reads["spacing"]) if "spacing" in reads else "",
                      "eta": sample.eta if "eta" in reads else None, "n": n,
-                     "fid": round(fid, 4)})
+                     "n_reference": len(reference), "fid": round(fid, 4),
+                     "fid_se_bootstrap": None if se["se_bootstrap"] is None
+                     else round(se["se_bootstrap"], 4),
+                     "fid_se_jackknife": round(se["se_jackknife"], 4)})
     table = pd.DataFrame(rows).astype({"steps": "Int64"})  # DDPM's None stays blank, not NaN
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,20 +237,34 @@ def sweep_label(row) -> str:
     return ", ".join(parts)
 
 
+def sweep_error(table: pd.DataFrame) -> tuple[str | None, str]:
+    """(column, name) of the standard error the sweep's points show: the bootstrap's,
+    the jackknife's when the bootstrap was off (fid.bootstrap = 0), none in a table
+    from before the sweep had standard errors."""
+    for column, name in (("fid_se_bootstrap", "bootstrap"), ("fid_se_jackknife", "jackknife")):
+        if column in table and pd.to_numeric(table[column], errors="coerce").notna().any():
+            return column, name
+    return None, ""
+
+
 def plot_sweep(table: pd.DataFrame, path: Path) -> None:
-    """FID against NFE, one line per sampler."""
+    """FID against NFE, one line per sampler, each point ± its standard error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    column, name = sweep_error(table)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for _, rows in table.groupby("sampler", sort=False):
         rows = rows.sort_values("nfe")
-        ax.plot(rows["nfe"], rows["fid"], "o-", label=sweep_label(rows.iloc[0]))
+        error = pd.to_numeric(rows[column], errors="coerce") if column else None
+        ax.errorbar(rows["nfe"], rows["fid"], yerr=error, fmt="o-", capsize=3,
+                    label=sweep_label(rows.iloc[0]))
     ax.set_xscale("log")
     ax.set_xlabel("network evaluations per sample (NFE)")
-    ax.set_ylabel(f"FID ({int(table['n'].iloc[0])} samples)")
+    ax.set_ylabel(f"FID ({int(table['n'].iloc[0])} samples)"
+                  + (f" ± {name} SE" if column else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

@@ -165,6 +165,7 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
          fmt(mse) if mse is not None or not train else "not logged by this run"),
         (f"validation MSE ({labels.mse}; EMA weights; fixed holdout images, noise and t)",
          fmt(val.get("loss"))),
+        _likelihood_row(_read_json(outputs.analysis / "metrics.json"), params),
         ("training throughput (images/s, all devices)", fmt(train.get("images_per_s"), 3)),
         ("training time (s)", fmt(train.get("time_s"), 4)),
     ]
@@ -172,7 +173,8 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
         weights = "official" if fid.get("inception_official") else \
             "STAND-IN, compare runs only, not published FIDs"
         rows += [
-            ("FID", f"**{fmt(fid.get('fid'))}**"),
+            ("FID (all samples; ± its standard error, samples and reference both resampled)",
+             _with_errors(f"**{fmt(fid.get('fid'))}**", fid.get("fid_se"))),
             ("FID sample count / reference", f"{fid.get('n_generated')} generated vs "
              f"{fid.get('n_reference')} real ({fid.get('reference_split')} split)"),
             ("sampler", f"{fid.get('sampler')}, {fid.get('steps')} steps, "
@@ -185,30 +187,125 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
     return rows
 
 
+def _likelihood_row(analysis: dict, params: Params) -> tuple[str, str]:
+    """The holdout bits/dim bound ± its standard error, with its three parts."""
+    bound = analysis.get("likelihood")
+    process = (f"DDPM reverse process, {params.sample.variance} variance, x0 "
+               f"{'clipped' if params.sample.clip_x0 else 'unclipped'}")
+    if not bound:
+        return (f"NLL upper bound (bits/dim, holdout; {process})",
+                "not computed in this run (no likelihood in analysis/metrics.json)")
+    return (f"NLL upper bound (bits/dim, {bound['n_images']} holdout images, Ho et al. 2020 "
+            f"eq. 5; {process}; ± s.e. over images; = prior + diffusion + decoder)",
+            f"**{fmt(bound['bits_per_dim'])}** ± {fmt(bound['bits_per_dim_se'])} "
+            f"(= {fmt(bound['bits_per_dim_prior'])} + {fmt(bound['bits_per_dim_diffusion'])} "
+            f"+ {fmt(bound['bits_per_dim_decoder'])})")
+
+
+def _with_errors(value: str, se: dict | None) -> str:
+    """"value ± bootstrap SE (draws) / ± jackknife SE (groups)"; the jackknife alone when
+    the bootstrap was off (fid.bootstrap = 0), the value alone in an older fid.json."""
+    if not se:
+        return f"{value} (no standard error in this fid.json: rerun the fid stage)"
+    boot = se.get("bootstrap")
+    jackknife = f"± {fmt(se['jackknife'])} (jackknife, {se['groups']} groups)"
+    if boot is None:
+        return f"{value} {jackknife}; bootstrap off (fid.bootstrap = 0)"
+    return f"{value} ± {fmt(boot)} (bootstrap, {se['draws']} draws) / {jackknife}"
+
+
 def _sample_metric_rows(fid: dict) -> list[tuple[str, str]]:
-    """FID spread, KID, precision/recall and memorisation, each with its N (and ±)."""
+    """FID spread, KID, SWD, precision/recall and memorisation, each with its N (and ±)."""
     rows = []
     if blocks := fid.get("fid_blocks"):
         rows.append((f"FID spread: {blocks['k']} disjoint blocks of {blocks['block_n']} "
                      "samples (mean ± sd; biased up at small N, compare equal block sizes)",
                      pm(blocks["mean"], blocks["sd"])))
-    if kid := fid.get("kid"):
-        rows.append((f"KID ({kid['subsets']} subsets of {kid['subset_size']}; "
-                     f"{kid['n_generated']} generated vs {kid['n_reference']} real; mean ± std)",
-                     f"**{pm(kid['mean'], kid['std'])}**"))
+    rows += _kid_rows(fid.get("kid"))
+    if swd := fid.get("swd"):
+        rows.append(_swd_row(swd))
     if pr := fid.get("precision_recall"):
-        counts = f"k = {pr['k']}; {pr['n_generated']} generated vs {pr['n_reference']} real"
+        counts = (f"k = {pr['k']}; equal N: seeded subset of the larger set; "
+                  f"{pr['n_generated']} generated vs {pr['n_reference']} real")
         rows += [(f"precision / recall ({counts})",
                   f"**{fmt(pr['precision'])}** / **{fmt(pr['recall'])}**"),
                  (f"density / coverage ({counts})",
                   f"{fmt(pr['density'])} / {fmt(pr['coverage'])}")]
     if mem := fid.get("memorisation"):
-        rows.append((f"memorised fraction: generated images at or below the "
-                     f"{mem['percentile']:g}st percentile of holdout→train distances "
-                     f"({mem['n_generated']} generated, {mem['n_holdout']} holdout, "
-                     f"{mem['n_train']} train; Inception cosine / RMS pixel)",
-                     f"**{fmt(mem['fraction_cosine'])}** / {fmt(mem['fraction_pixel'])}"))
+        rows.append(_memorisation_row(mem))
     return rows
+
+
+def _kid_rows(kid: dict | None) -> list[tuple[str, str]]:
+    """KID ×10³ as the literature prints it: on all of both sets ± its standard error,
+    then torchmetrics' mean ± std over subsets. An older fid.json had the subsets' raw
+    values only: shown ×10³ all the same, so no unscaled KID ever reaches the report."""
+    if not kid:
+        return []
+    counts = f"{kid['n_generated']} generated vs {kid['n_reference']} real"
+    rows = []
+    if "full_x1e3" in kid:
+        errors = {"bootstrap": kid["se_bootstrap_x1e3"], "jackknife": kid["se_jackknife_x1e3"],
+                  "draws": kid["draws"], "groups": kid["groups"]}
+        rows.append((f"KID ×10³ (unbiased MMD², all of both sets: {counts}; ± its standard "
+                     "error, both sides resampled)",
+                     _with_errors(f"**{fmt(kid['full_x1e3'])}**", errors)))
+    mean = kid.get("mean_x1e3", 1e3 * kid["mean"])
+    spread = kid.get("std_x1e3", 1e3 * kid["std"])
+    rows.append((f"KID ×10³ over {kid['subsets']} random subsets of {kid['subset_size']} "
+                 f"(Bińkowski et al. 2018; {counts}; mean ± std)", pm(mean, spread)))
+    return rows
+
+
+def _swd_row(swd: dict) -> tuple[str, str]:
+    """Multi-scale SWD ×10³: the mean over the Laplacian levels, then each level."""
+    levels = swd["levels_x1e3"]
+    label = (f"sliced Wasserstein distance ×10³ (Karras et al. 2018; pixels, no network; "
+             f"Laplacian levels {'/'.join(levels)} px, {swd['per_image']} neighbourhoods per "
+             f"image and level, {swd['directions']} directions; {swd['n_generated']} "
+             f"generated vs {swd['n_reference']} real; mean, then per level)")
+    per_level = ", ".join(f"{side} px {fmt(v)}" for side, v in levels.items())
+    return label, f"**{fmt(swd['mean_x1e3'])}** ({per_level})"
+
+
+def _memorisation_row(mem: dict) -> tuple[str, str]:
+    """How many samples are flagged against how many chance allows, and copies.
+
+    A sample is flagged when its nearest training image (or mirror image) is at least
+    as close as the r-th smallest holdout→train distance; a model that does not copy
+    still flags some, up to `null_upper_count` at `confidence`, so only more is
+    evidence of copying (ddpm/metrics/memorisation.py).
+    """
+    if "flagged_cosine" not in mem:   # a fid.json from before the chance bound
+        return ("memorised fraction (Inception cosine / RMS pixel; this fid.json has no "
+                "chance bound: rerun the fid stage)",
+                f"{fmt(mem.get('fraction_cosine'))} / {fmt(mem.get('fraction_pixel'))}")
+    n_g = mem["n_generated"]
+    label = (f"memorisation: samples flagged, at least as close to a training image as "
+             f"{_nth_closest(mem['threshold_rank'])} of {mem['n_holdout']} holdout "
+             f"images (Inception cosine / RMS pixel; {mem['n_train']} training images "
+             f"searched and their {mem['n_train_flipped']} mirror images)")
+    evidence = ("no copying evidence" if not (mem["copying_evidence_cosine"]
+                                             or mem["copying_evidence_pixel"])
+                else f"**copying evidence** {_yes(mem['copying_evidence_cosine'])} / "
+                     f"{_yes(mem['copying_evidence_pixel'])} (flagged beyond the bound: "
+                     f"{mem['excess_cosine']:.1%} / {mem['excess_pixel']:.1%} of samples)")
+    return label, (f"**{mem['flagged_cosine']} / {mem['flagged_pixel']}** of {n_g}; chance "
+                   f"allows up to {mem['null_upper_count']} ({mem['confidence']:.0%} bound; "
+                   f"{mem['null_rate']:.1%} on average): {evidence}; exact copies "
+                   f"{mem['exact_copies_cosine']} / {mem['exact_copies_pixel']}")
+
+
+def _nth_closest(n: int) -> str:
+    """"the closest", "the 2nd closest", …, "the 11th closest"."""
+    if n == 1:
+        return "the closest"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"the {n}{suffix} closest"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _table(rows, header=("", "")) -> list[str]:
@@ -223,30 +320,65 @@ def _figure(src: Path, figures: Path, name: str, alt: str) -> list[str]:
     return [f"![{alt}](figures/{name})", ""]
 
 
+SWEEP_ERRORS = (("fid_se_bootstrap", "bootstrap"), ("fid_se_jackknife", "jackknife"))
+
+
+def _sweep_errors(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, name) of the standard errors the sweep table holds values of: both, the
+    jackknife alone when the bootstrap was off, none in a table from before they existed."""
+    return [(column, name) for column, name in SWEEP_ERRORS if column in table
+            and pd.to_numeric(table[column], errors="coerce").notna().any()]
+
+
+def _number(value) -> float | None:
+    """A CSV cell as a float, or None when it is blank."""
+    return None if value == "" or pd.isna(value) else float(value)
+
+
 def _sweep_table(csv: Path) -> list[str]:
-    """The sweep's rows (sampler, steps, NFE, spacing, eta, FID) as a markdown table."""
+    """The sweep's rows (sampler, steps, NFE, spacing, eta, FID ± SE) as a markdown table.
+
+    The SE of each point resamples the samples and the cached reference images, so it
+    holds the reference's noise too, which every point shares: it bounds a point's
+    distance from the FID at infinite N, and overstates how much two points differ.
+    """
     if not csv.is_file():
         return []
     table = pd.read_csv(csv, keep_default_na=False)
     n = table["n"].iloc[0] if len(table) else "?"
-    lines = [f"| sampler | steps | NFE | spacing | eta | FID ({n} samples) |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
+    errors = _sweep_errors(table)
+    head = f"FID ({n} samples)"
+    if errors:
+        versus = (f" vs {table['n_reference'].iloc[0]} cached reference images"
+                  if "n_reference" in table and len(table) else "")
+        head = f"FID ± {errors[0][1]} SE ({n} samples{versus})"
+    more = [f"{name} SE" for _, name in errors[1:]]   # the jackknife beside the bootstrap
+    lines = ["| " + " | ".join(["sampler", "steps", "NFE", "spacing", "eta", head, *more]) + " |",
+             "| --- | ---: | ---: | --- | ---: | ---: |" + " ---: |" * len(more)]
     for row in table.to_dict("records"):
+        fid = fmt(float(row["fid"]))
+        if errors:
+            fid = pm(fid, _number(row[errors[0][0]]))
         cells = [row["sampler"], row["steps"], row["nfe"], row.get("spacing", ""),
-                 row.get("eta", ""), fmt(float(row["fid"]))]
+                 row.get("eta", ""), fid, *(fmt(_number(row[c])) for c, _ in errors[1:])]
         lines.append("| " + " | ".join("–" if c == "" else str(c) for c in cells) + " |")
     return lines + [""]
 
 
 def _memorisation_section(folder: Path, figures: Path) -> list[str]:
     lines = ["## Memorisation", "",
-             "Distance from each generated image to its nearest training image, against the "
-             "same for holdout images that were never trained on; the dashed line is the "
-             "threshold below which a generated image counts as memorised:", ""]
+             "Distance from each generated image to its nearest training image or that "
+             "image's mirror image (training flips images), against the same for holdout "
+             "images that were never trained on. The dashed line is the threshold: a "
+             "generated image at or left of it is flagged. A model that never copies still "
+             "has some flagged, as many as chance allows (the bound in the Metrics table); "
+             "only more than that is evidence of copying, and an exact copy (distance 0) is "
+             "counted whatever the bound:", ""]
     lines += _figure(folder / "distances.png", figures, "memorisation_distances.png",
                      "nearest-training-image distances, generated and holdout")
     lines += ["The 16 generated images closest to a training image (Inception cosine "
-              "distance), each followed by that training image, closest first:", ""]
+              "distance), each followed by that training image (mirrored when its mirror "
+              "image was the nearest), closest first:", ""]
     return lines + _figure(folder / "closest_pairs.png", figures, "closest_pairs.png",
                            "closest generated-training pairs")
 

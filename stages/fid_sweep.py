@@ -23,7 +23,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     sample = config.sample
     table = fid_sweep(models, ref, out, sample, sample.sweep_samplers, sample.sweep_steps,
                       sample.sweep_n, weights=config.fid.weights,
-                      batch_size=config.fid.batch_size, device=device)
+                      batch_size=config.fid.batch_size, bootstrap=config.fid.bootstrap,
+                      device=device)
     print(table.to_string(index=False))
 
 

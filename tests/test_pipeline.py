@@ -83,7 +83,8 @@ def test_training_loss_falls_and_metrics_are_reported(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     text = json.dumps(shown)
     assert '"fid"' in text and '"loss"' in text and "loss_q1" in text
-    for group in ("fid_blocks", "kid", "precision_recall", "memorisation"):
+    for group in ("fid_blocks", "fid_se", "kid", "swd", "precision_recall", "memorisation",
+                  "likelihood"):
         assert f'"{group}"' in text, group
 
 
@@ -93,7 +94,11 @@ def test_report_is_filled_from_this_runs_outputs(project):
     assert f"**{fmt(fid['fid'])}**" in report
     assert "STAND-IN" in report                         # stand-in weights are declared
     assert "not produced" not in report and "no training log" not in report
-    assert "KID (" in report and "precision / recall" in report and "memorised fraction" in report
+    assert "KID ×10³ (" in report and "precision / recall" in report
+    assert "memorisation: samples flagged" in report and "sliced Wasserstein" in report
+    assert f"**{fmt(fid['fid'])}** ± {fmt(fid['fid_se']['bootstrap'])} (bootstrap" in report
+    bound = json.loads((project / "analysis/metrics.json").read_text())["likelihood"]
+    assert f"**{fmt(bound['bits_per_dim'])}** ± {fmt(bound['bits_per_dim_se'])}" in report
     for link in ("figures/samples.png", "figures/trajectory.gif", "figures/training_loss.png",
                  "figures/timestep_loss.png", "figures/fid_vs_steps.png",
                  "figures/memorisation_distances.png", "figures/closest_pairs.png"):
@@ -104,7 +109,9 @@ def test_report_is_filled_from_this_runs_outputs(project):
     assert list(zip(sweep["sampler"], sweep["steps"], sweep["nfe"])) == [
         ("ddim", 2, 2), ("ddim", 5, 5), ("unipc", 2, 2), ("unipc", 5, 5)]
     assert (sweep["fid"] > 0).all() and (sweep["n"] == 12).all()
+    assert (sweep["fid_se_bootstrap"] > 0).all() and (sweep["fid_se_jackknife"] > 0).all()
     assert "| unipc | 5 | 5 | trailing | – |" in report
+    assert "FID ± bootstrap SE (12 samples vs " in report
 
 
 def test_timestep_loss_has_the_eps_prediction_shape_and_fixed_noise(project):

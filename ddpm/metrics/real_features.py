@@ -15,6 +15,7 @@ by ~1e-7), with their indices in the split.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,25 @@ def load_real_features(path: str | Path) -> dict[str, np.ndarray]:
             raise DdpmError(f"{path}: made before the memorisation check searched flipped "
                             "training images; rerun the fid_ref stage (dvc repro -f fid_ref)")
         return {key: f[key][:] for key in (*expected, *MEMORISATION_KEYS)}
+
+
+def load_reference_features(stats_npz: str | Path) -> np.ndarray:
+    """The features behind the FID reference μ, Σ of `stats_npz`: fid_ref's cached features
+    of its reference split, the same (at most `fid.max_real`) images, checked to be as many.
+    Reads that one array, not the memorisation check's (1.3 GB for all of CelebA)."""
+    stats_npz = Path(stats_npz)
+    meta_path, path = stats_npz.with_suffix(".json"), features_path(stats_npz)
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if "split" not in meta or not path.is_file():
+        raise DdpmError(f"{path}: reference features not found beside {stats_npz}; rerun the "
+                        "fid_ref stage (dvc repro fid_ref)")
+    with np.load(path) as f:
+        if meta["split"] not in f.files:
+            raise DdpmError(f"{path}: no {meta['split']!r} features; rerun the fid_ref stage "
+                            "(dvc repro -f fid_ref)")
+        features = f[meta["split"]][:]
+    if len(features) != meta["n"]:   # a features.npz from another fid_ref run
+        raise DdpmError(f"{path}: {len(features)} reference features but {meta_path.name} "
+                        f"says μ, Σ are of {meta['n']}; rerun the fid_ref stage "
+                        "(dvc repro -f fid_ref)")
+    return features
