@@ -18,14 +18,14 @@ gives unit-scale features that differ between images, so FIDs separate distribut
 
 What it is calibrated on decides what it measures. Calibrated on smooth colour
 blobs, texture channels were normalised by tiny variances: a 0.5 px blur of faces
-cost 25× the real-vs-real floor and blocky DiT samples beat clean faces.
-Calibrated on images of the kind being scored (disjoint from them), it reproduces
-what Heusel et al. 2017 (Fig. 3) show the real Inception does on CelebA: FID rises
-monotonically with blur, noise, rectangles, salt and pepper, swirl and mixing,
-mild levels stay near the floor, a flip costs nothing
-(`scripts/bench_metric_validity.py`, table in docs/benchmarks.md). So the default
-calibrates on the demo's own kind of images, and `ddpm inception --standin
---calibrate-on FOLDER` on photographs of the researcher's kind.
+cost 25× the real-vs-real floor and blocky DiT samples beat clean faces. So the
+default calibrates on the demo's own kind of images (its face drawings, a set no run
+draws), and `ddpm inception --standin --calibrate-on FOLDER` on photographs of the
+researcher's kind. Even so it is not the real Inception:
+`scripts/bench_metric_validity.py` (Heusel et al. 2017's disturbances on CelebA,
+table in docs/benchmarks.md) finds a face-calibrated stand-in ranks gross failures
+(salt and pepper, non-face images) far above faces but leaves blur, contrast, swirl
+and rectangles within its unstable floor. Read its FIDs with their standard errors.
 """
 
 from __future__ import annotations
