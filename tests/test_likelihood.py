@@ -46,12 +46,7 @@ from ddpm.errors import ConfigError
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the uint8 levels in [-1, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread mostly spins
 
 
 def alphas_bar(schedule: NoiseSchedule) -> np.ndarray:

@@ -77,12 +77,7 @@ OLD_DEFAULT = {"ddim": "uniform", "dpmpp_2m": "old logsnr", "unipc": "old logsnr
 W1_BOUND = {"ddim": 0.08, "dpmpp_2m": 0.07, "unipc": 0.07}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread mostly spins
 
 
 @functools.cache

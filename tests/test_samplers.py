@@ -42,13 +42,7 @@ N_DRAWS = N * int(np.prod(SHAPE))
 SEED = 20240101
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are small: on a shared machine, a second intra-op thread mostly spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread mostly spins
 
 
 @functools.cache
