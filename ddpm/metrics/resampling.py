@@ -162,7 +162,7 @@ def standard_errors(statistic: str, x: np.ndarray, y: np.ndarray, draws: int,
     xt, yt = _as_tensor(x, device), _as_tensor(y, device)
     counts = lambda c: torch.as_tensor(c, device=device)  # noqa: E731
     ones = lambda n, k: np.ones((k, n), np.int64)          # noqa: E731
-    value = float(evaluate(xt, yt, counts(ones(len(x), 1)), counts(ones(len(y), 1)))[0])
+    value = _on_whole_sets(statistic, xt, yt)
     se_bootstrap = None
     if draws:
         rng = np.random.default_rng([seed, 0])
@@ -185,14 +185,16 @@ def standard_errors(statistic: str, x: np.ndarray, y: np.ndarray, draws: int,
 def frechet_lowrank(x: np.ndarray, y: np.ndarray, device="cpu") -> float:
     """FID between feature sets x [N₁, D] and y [N₂, D], exact, by the SVD of A₁ A₂ᵀ."""
     _check(x, y, 0, "FID")
-    ones = lambda n: torch.ones((1, n), dtype=torch.long, device=device)  # noqa: E731
-    return float(_frechet(_as_tensor(x, device), _as_tensor(y, device),
-                          ones(len(x)), ones(len(y)))[0])
+    return _on_whole_sets("fid", _as_tensor(x, device), _as_tensor(y, device))
 
 
 def kid_full(x: np.ndarray, y: np.ndarray, device="cpu") -> float:
     """Unbiased MMD² with the cubic kernel between the whole sets x and y (sizes may differ)."""
     _check(x, y, 0, "KID")
-    ones = lambda n: torch.ones((1, n), dtype=torch.long, device=device)  # noqa: E731
-    return float(_mmd2_unbiased(_as_tensor(x, device), _as_tensor(y, device),
-                                ones(len(x)), ones(len(y)))[0])
+    return _on_whole_sets("kid", _as_tensor(x, device), _as_tensor(y, device))
+
+
+def _on_whole_sets(statistic: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The statistic on every row of both sets once (a single draw of all-ones counts)."""
+    whole = lambda n: torch.ones((1, n), dtype=torch.long, device=x.device)  # noqa: E731
+    return float(STATISTICS[statistic](x, y, whole(len(x)), whole(len(y)))[0])

@@ -44,9 +44,7 @@ def real_pixels(prepared_dir: Path, reference: dict, real: dict) -> dict[str, np
         if manifest["split_sha256"][name] != reference["splits"][name]["data_sha256"]:
             raise DdpmError(f"{prepared_dir}: the {name} split differs from the one fid_ref "
                             "used; rerun it (dvc repro fid_ref)")
-        images = PreparedImages(prepared_dir, name)
-        pixels[name] = np.stack([images[int(i)].permute(1, 2, 0).numpy()
-                                 for i in real[MEMORISATION_PIXELS[name]]])
+        pixels[name] = split_pixels(prepared_dir, name, real[MEMORISATION_PIXELS[name]])
     return pixels
 
 
