@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,50 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+# ------------------------------------------------------------------ tiers
+
+# A test is slow when it, a fixture it uses, or a helper either calls from its module
+# runs one of these: Inception (the stand-in), DVC, a subprocess (a stage, a script,
+# pytorch-fid's command line, DDP workers) or a signal that kills one. The fast tier is
+# `python -m pytest -m "not slow"`.
+SLOW_SIGNS = re.compile(r"\b(standin_inception|subprocess|Popen|SIGKILL|ddp_spawn|dvc)\b")
+
+
+def _sources(func, seen: set) -> list[str]:
+    """The source of `func` and of the module-level functions it names (one level)."""
+    if func in seen or not inspect.isfunction(func):
+        return []
+    seen.add(func)
+    try:
+        text = inspect.getsource(func)
+    except (OSError, TypeError):
+        return []
+    helpers = [func.__globals__.get(name) for name in func.__code__.co_names]
+    return [text] + [inspect.getsource(h) for h in helpers
+                     if inspect.isfunction(h) and h not in seen and not seen.add(h)
+                     and h.__module__ == func.__module__]
+
+
+def slow_reason(item) -> str | None:
+    """The first slow sign in the test, its fixtures or their module helpers, else None."""
+    seen: set = set()
+    texts = _sources(getattr(item, "function", None), seen)
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        for fixture in defs:
+            texts += _sources(fixture.func, seen)
+    for text in texts:
+        found = SLOW_SIGNS.search(text)
+        if found:
+            return found.group(1)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") is None and slow_reason(item):
+            item.add_marker(pytest.mark.slow)
+
 
 # ------------------------------------------------------------------ stand-in Inception
 
@@ -82,3 +128,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+# ------------------------------------------------------------------ a network that learned
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model(tmp_path_factory) -> Path:
+    """The tiny UNet trained by the train stage's own code for 40 steps on 64 demo
+    drawings (in-process, one thread, ~10 s), saved as the stage saves it; shared by
+    the tests that need a network whose output depends on what it learned."""
+    import torch
+
+    from ddpm.training.run import train
+    from tests import tiny
+
+    root = tmp_path_factory.mktemp("trained")
+    params = tiny.params(train={"max_steps": 40, "val_every": 20, "sample_every": 1000,
+                                "checkpoint_every": 1000, "hflip": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(params, tiny.prepared(root / "data"), root / "models", root / "state",
+              root / "dvclive", mlruns_dir=root / "mlruns", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "models"

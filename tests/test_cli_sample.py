@@ -24,7 +24,7 @@ OPTIONS = ["--n", "6", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--b
 def model_dir(tmp_path_factory, one_thread) -> Path:
     """A tiny UNet saved as the train stage saves it; random (not zero) output layers, so
     the images depend on the weights too."""
-    return tiny.untrained_model(tmp_path_factory.mktemp("models"), zero_init=False)
+    return tiny.untrained_model(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

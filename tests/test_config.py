@@ -1,11 +1,10 @@
 """Config validation: one clear line naming key, value and what is allowed."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import tiny
 from ddpm.config import ConfigError, SampleConfig, load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +37,8 @@ def test_ints_are_accepted_for_floats_and_sections_default():
 
 def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text("model:\n  img_size: big\n")
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params",
-                           str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
+    proc = tiny.run_stage("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "out")
+    assert proc.exit_code == 2
     assert proc.stderr.strip() == "error: model.img_size = 'big': must be an integer"
     assert not (tmp_path / "out").exists()
 
@@ -98,10 +95,8 @@ def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
 
 def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
     (tmp_path / "params.yaml").write_text(f"diffusion:\n  timesteps: {SMALL_T}\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.prepare", "--params",
-                           str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 2
+    proc = tiny.run_stage("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "out")
+    assert proc.exit_code == 2
     assert proc.stderr.strip().startswith(
         f"error: sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps")
     assert not (tmp_path / "out").exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +23,8 @@ NO_GPU = not torch.cuda.is_available() and not torch.backends.mps.is_available()
 def test_gpu_accelerator_without_a_gpu_is_one_line_and_exit_2(tmp_path, stage, section,
                                                               outputs):
     params = tiny.write_params(tmp_path / "params.yaml", **{section: {"accelerator": "gpu"}})
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params),
-                           *outputs], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
+    proc = tiny.run_stage(stage, "--params", params, *outputs, cwd=tmp_path)
+    assert proc.exit_code == 2, proc.stderr
     assert proc.stderr.strip() == (f"error: {section}.accelerator = 'gpu': no GPU is visible on "
                                    "this machine (torch.cuda.is_available() is False); use auto "
                                    "or cpu")

@@ -64,7 +64,9 @@ def test_default_config_builds_as_shipped():
     assert len(model.blocks) == 6 and model.hidden_size == 192
     assert model.blocks[0].attn.num_heads == 4
     with torch.no_grad():
-        assert model(*inputs(1, 32)).shape == (1, 3, 32, 32)
+        y = model(*inputs(1, 32))
+    # As shipped, adaLN-Zero starts every block and the final layer at 0 (DiT §3.2).
+    assert y.shape == (1, 3, 32, 32) and torch.count_nonzero(y) == 0
 
 
 def test_unpatchify_puts_each_token_back_where_patchify_took_it():

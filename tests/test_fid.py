@@ -218,11 +218,21 @@ def test_wrong_weights_file_is_refused(tmp_path):
         fid.load_inception(weights=str(wrong))
 
 
-def test_explicit_weights_path_loads_the_same_network(standin_inception, inception):
-    explicit = fid.load_inception(weights=str(standin_inception))
+def test_explicit_weights_path_loads_that_file_not_the_hub_copy(standin_inception, inception,
+                                                                 tmp_path):
+    """A weights file that differs from the hub's in one tensor: the explicit path gives
+    a network holding exactly the file's tensors, and the hub copy's network does not."""
+    state = torch.load(standin_inception, weights_only=True)
+    key = "Mixed_7c.branch_pool.bn.running_mean"
+    state[key] = state[key] + 1.0
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+    explicit = fid.load_inception(weights=str(other))
     assert not explicit.training
-    for (name, a), b in zip(inception.state_dict().items(), explicit.state_dict().values()):
-        assert torch.equal(a, b), name
+    network = explicit.blocks[-1][-2].branch_pool.bn  # pytorch-fid's FIDInceptionE_2
+    assert torch.equal(network.running_mean, state[key])
+    hub = inception.blocks[-1][-2].branch_pool.bn
+    assert torch.equal(hub.running_mean + 1.0, state[key])
 
 
 def test_standin_weights_are_not_official(standin_inception):

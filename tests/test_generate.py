@@ -25,13 +25,29 @@ SAMPLE = SampleConfig(n=40, sampler="ddim", steps=8, batch_size=7, shard_size=16
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """An untrained tiny UNet saved like the train stage does (determinism needs no training)."""
-    return tiny.untrained_model(tmp_path_factory.mktemp("models"))
+def model_dir(trained_tiny_model) -> Path:
+    """The shared trained tiny UNet (conftest): its output depends on the batch it sees."""
+    return trained_tiny_model
 
 
 def shards(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.npy"))}
+
+
+def assert_same_images_up_to_rounding(a: Path, b: Path) -> None:
+    """The same shards, whose images differ in at most 1 pixel value in 1000, by one level.
+
+    Another batch size runs the network's convolutions and matrix products with other
+    blockings, so float32 sums round differently; now and then that moves a pixel across
+    a rounding boundary of the uint8 image (measured with the trained tiny UNet: 0-2 of
+    30,720 values, by 1). Noise drawn per batch rather than per sample changes them all.
+    """
+    a_shards, b_shards = shards(a), shards(b)
+    assert list(a_shards) == list(b_shards)
+    for name in a_shards:
+        x, y = (np.load(folder / name).astype(np.int16) for folder in (a, b))
+        diff = np.abs(x - y)
+        assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (name, diff.max(), (diff > 0).sum())
 
 
 # Every sampler that takes steps; DDPM (all T steps) has its own, smaller test below.
@@ -39,13 +55,13 @@ STEP_SAMPLERS = ["ddim", "dpmpp_2m", "unipc"]
 
 
 @pytest.mark.parametrize("sampler", STEP_SAMPLERS)
-def test_batch_size_does_not_change_a_single_byte(model_dir, tmp_path, sampler):
+def test_batch_size_changes_no_image_beyond_float_rounding(model_dir, tmp_path, sampler):
     sample = replace(SAMPLE, sampler=sampler)
     generate(model_dir, tmp_path / "a", replace(sample, batch_size=7), progress=False)
     generate(model_dir, tmp_path / "b", replace(sample, batch_size=64), progress=False)
-    a, b = shards(tmp_path / "a"), shards(tmp_path / "b")
+    assert_same_images_up_to_rounding(tmp_path / "a", tmp_path / "b")
+    a = shards(tmp_path / "a")
     assert list(a) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
-    assert a == b
     images = np.concatenate([np.load(tmp_path / "a" / n) for n in a])
     assert images.shape == (40, tiny.IMG, tiny.IMG, 3) and images.dtype == np.uint8
     assert len({im.tobytes() for im in images}) == 40                  # all different samples
@@ -62,7 +78,7 @@ def test_ddpm_sampler_is_batch_independent_too(model_dir, tmp_path):
     # 1000 DDPM steps on 5 tiny images is fast enough.
     generate(model_dir, tmp_path / "a", replace(ddpm, batch_size=2), progress=False)
     generate(model_dir, tmp_path / "b", replace(ddpm, batch_size=5), progress=False)
-    assert shards(tmp_path / "a") == shards(tmp_path / "b")
+    assert_same_images_up_to_rounding(tmp_path / "a", tmp_path / "b")
 
 
 def test_changed_settings_clear_old_shards_and_larger_n_extends(model_dir, tmp_path):
@@ -178,8 +194,7 @@ def test_two_generate_runs_into_one_folder_at_once_end_with_the_bytes_of_one(mod
 def test_bf16_samples_stay_close_to_float32_ones(tmp_path, sampler):
     """sample.precision=bf16-mixed rounds the network's arithmetic, not the images: the
     same indices give images within a few of 255 levels of float32's."""
-    # zero_init off: a zero network would hide any rounding
-    out = tiny.untrained_model(tmp_path / "models", zero_init=False)
+    out = tiny.untrained_model(tmp_path / "models")
     images = {}
     for precision in ("32-true", "bf16-mixed"):
         sample = replace(SAMPLE, n=8, sampler=sampler, batch_size=8, shard_size=8,
@@ -195,8 +210,7 @@ def test_bf16_samples_stay_close_to_float32_ones(tmp_path, sampler):
 
 
 def _compiled_and_eager_images(tmp_path, sample: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
-    # zero_init off: a zero network would hide any difference
-    models = tiny.untrained_model(tmp_path / "models", zero_init=False)
+    models = tiny.untrained_model(tmp_path / "models")
     images = {}
     for mode in ("none", sample.compile):
         generate(models, tmp_path / mode, replace(sample, compile=mode), progress=False)

@@ -406,7 +406,7 @@ def test_analyse_writes_the_bound_into_metrics_json(tmp_path):
     from ddpm.config import AnalysisConfig
     from tests.tiny import prepared, untrained_model
 
-    models = untrained_model(tmp_path / "models", zero_init=False, img_size=16)
+    models = untrained_model(tmp_path / "models", img_size=16)
     data = prepared(tmp_path / "data", n=40)
     analysis = replace(AnalysisConfig(), t_points=4, n_images=3, nll_images=2,
                        nll_exact_below=3, nll_strata=3)  # 40 images: 3 in the holdout

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import zipfile
 from dataclasses import replace
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import tiny
 from ddpm.config import DataConfig
 from ddpm.data import images as images_module
 from ddpm.data import sources as sources_module
@@ -357,10 +356,8 @@ def test_file_names_that_are_not_utf8_are_listed_and_the_stage_prints_them(tmp_p
     source = bad_name_sources(tmp_path)[kind]
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  source: {source}\n  workers: 1\nmodel:\n  img_size: 16\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
+    proc = tiny.run_stage("prepare", "--params", params, "--out", tmp_path / "out")
+    assert proc.exit_code == 0, proc.stderr
     assert "caf\\xe9.png: file name is not valid UTF-8; rename it" in proc.stdout
     assert list(all_images(tmp_path / "out")) == ["ok.png"]
 
@@ -375,9 +372,8 @@ def test_unusable_source_fails_with_one_line_and_writes_nothing(tmp_path, make):
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  source: {source}\n")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params",
-                           str(params), "--out", str(out)], capture_output=True, text=True)
-    assert proc.returncode == 2
+    proc = tiny.run_stage("prepare", "--params", params, "--out", out)
+    assert proc.exit_code == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "img/s" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: data.source") and str(source) in lines[0]
     assert "Traceback" not in proc.stderr

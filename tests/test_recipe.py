@@ -80,8 +80,8 @@ def test_zero_init_network_predicts_zero_and_still_learns(arch, time_injection):
 
 def test_zero_init_changes_no_shapes_and_default_init_is_not_zero():
     torch.manual_seed(0)
-    plain = build_model(ModelConfig(**MODEL, zero_init=False))
-    zeroed = build_model(ModelConfig(**MODEL, zero_init=True))
+    plain = build_model(ModelConfig(**{**MODEL, "zero_init": False}))
+    zeroed = build_model(ModelConfig(**{**MODEL, "zero_init": True}))
     assert [p.shape for p in plain.parameters()] == [p.shape for p in zeroed.parameters()]
     assert plain(torch.randn(1, 3, 16, 16), torch.tensor([5])).abs().max() > 1e-3
 

@@ -157,6 +157,27 @@ def stub_features(arrays, count, weights, batch_size, device, desc):
     return np.concatenate(rows)
 
 
+def brute_force_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
+    """Kynkäänniemi et al.'s precision/recall and Naeem et al.'s density/coverage from
+    the full distance matrices (the k-th neighbour radius skips the point itself).
+
+    A ball holds the points at distance ≤ its radius. A sample that copies a real point
+    is at exactly a radius from that point's neighbours; the radii are widened by 1e-9
+    relative so such ties count as inside whatever order the sums were taken in.
+    """
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    r_real = np.sort(dist(real, real), axis=1)[:, k] * (1 + 1e-9)
+    r_fake = np.sort(dist(fake, fake), axis=1)[:, k] * (1 + 1e-9)
+    fake_real = dist(fake, real)                           # [M, N]
+    inside = (fake_real <= r_real[None, :]).sum(axis=1)
+    return {"precision": (inside > 0).mean(),
+            "recall": (fake_real.T <= r_fake[None, :]).any(axis=1).mean(),
+            "density": inside.mean() / k,
+            "coverage": (fake_real.min(axis=0) <= r_real).mean()}
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, standin_inception):
     """fid_ref + fid on a tiny prepared demo set and 'samples' that are holdout-like faces
@@ -224,7 +245,18 @@ def test_fid_metrics_hold_every_new_number_with_its_n(scored):
     assert json.loads((root / "metrics/fid.json").read_text()) == metrics
     assert metrics["fid_blocks"]["k"] == 4 and metrics["fid_blocks"]["block_n"] == 5
     assert metrics["kid"]["subset_size"] == 10 and metrics["kid"]["n_reference"] == 30
-    assert {"precision", "recall", "density", "coverage"} <= set(metrics["precision_recall"])
+    # Precision/recall/density/coverage of the 20 samples against a seeded 20 of the 30
+    # kept real features (equal N), recomputed here by brute force from their definitions.
+    with np.load(root / "fid_ref/features.npz") as f:
+        real = f["train"].astype(np.float64)
+    real = real[np.sort(np.random.default_rng(0).choice(len(real), 20, replace=False))]
+    fake = stub_features([np.load(root / "samples/shard-00000.npy")], 20, "", 8, "cpu", "")
+    fake = fake.astype(np.float32).astype(np.float64)   # the float32 the real ones are kept in
+    expected = brute_force_precision_recall(real, fake, k=3)
+    pr = metrics["precision_recall"]
+    assert pr["n_reference"] == pr["n_generated"] == 20
+    for name, value in expected.items():
+        assert pr[name] == pytest.approx(value, abs=1e-4), name   # fid.json keeps 4 digits
     memorised = metrics["memorisation"]
     n_train = json.loads((root / "fid_ref/stats.json").read_text())["splits"]["train"]["n"]
     assert memorised["n_generated"] == 20

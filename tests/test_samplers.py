@@ -14,7 +14,9 @@ the discretisation error, which is below 1% with all T = 1000 steps.
 The ODE solvers (DPM-Solver++, UniPC) are affine in x_T too, as is DDIM with η = 0:
 their output is k·x_T + c per pixel, so running them on x_T = 0 and 1 gives their
 exact output mean c and std |k| (`affine_moments`), checked against `exact_moments`
-for DDIM and against drawn samples for the solvers.
+for DDIM, against Lu et al.'s Algorithm 2 as a scalar recursion for DPM-Solver++,
+against drawn samples, and against the exact probability-flow ODE's moments (closed
+form) as the step count grows.
 """
 
 from __future__ import annotations
@@ -108,6 +110,45 @@ def exact_moments(sched: NoiseSchedule, sampler: str, steps: int | None = None,
             c = np.sqrt(ab_prev) * (MU - gain * a * MU) - d * eps_gain * a * MU
         m, V = k * m + c, k * k * V + r2
     return m, float(np.sqrt(V))
+
+
+def dpm_solver_pp_2m_moments(sched: NoiseSchedule, steps: int,
+                             spacing: str = "logsnr") -> tuple[float, float]:
+    """Mean and std of DPM-Solver++(2M)'s output on the Gaussian data, from x_T ~ N(0, 1).
+
+    Lu et al. 2022, Algorithm 2 (multistep, data prediction, midpoint form), written
+    here as a float64 scalar recursion on x = k·z + c, independently of diffusers:
+    with λ = log(α/σ), h = λ_t − λ_s and r = h_prev/h,
+    x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1)(D_0 + ½ D_1), D_0 = x̂_0(s), D_1 = (x̂_0(s) − x̂_0(s_prev))/r.
+    The first step is first order (no history) and so is the last, to σ = 0, which
+    returns the last x̂_0 (diffusers' `final_sigmas_type="zero"`, `lower_order_final`).
+    """
+    ab = np.cumprod(1 - sched.betas.numpy())
+    taus = list(ddim_timesteps(len(ab), steps, spacing, schedule=sched))
+    x = np.array([0.0, 1.0])                       # (c, k): x = c + k·z
+    prev = None                                    # (x̂_0, λ) of the step before
+    for i, t in enumerate(taus):
+        a, var = np.sqrt(ab[t]), ab[t] * S**2 + 1 - ab[t]
+        gain = a * S**2 / var
+        x0_hat = np.array([MU - gain * a * MU, 0.0]) + gain * x
+        if i == len(taus) - 1:
+            return x0_hat[0], abs(x0_hat[1])
+        lam_s = np.log(a / np.sqrt(1 - ab[t]))
+        a_t, s_t = np.sqrt(ab[taus[i + 1]]), np.sqrt(1 - ab[taus[i + 1]])
+        h = np.log(a_t / s_t) - lam_s
+        d = x0_hat if prev is None else x0_hat + 0.5 * (x0_hat - prev[0]) * h / (lam_s - prev[1])
+        x = s_t / np.sqrt(1 - ab[t]) * x - a_t * np.expm1(-h) * d
+        prev = (x0_hat, lam_s)
+    raise AssertionError("unreachable")
+
+
+def exact_flow_moments(sched: NoiseSchedule, t_start: int) -> tuple[float, float]:
+    """Mean and std at t = 0 of the exact probability-flow ODE started at t_start from
+    x ~ N(0, 1). On Gaussian data the flow keeps each pixel's standard score:
+    x_0 = μ + s (x_t − √ᾱ_t μ)/√v_t, v_t = ᾱ_t s² + 1 − ᾱ_t."""
+    ab = float(sched.alphas_cumprod[t_start])
+    root_v = np.sqrt(ab * S**2 + 1 - ab)
+    return MU - S * np.sqrt(ab) * MU / root_v, S / root_v
 
 
 @functools.cache
@@ -430,10 +471,25 @@ def test_affine_moments_equal_exact_moments_for_ddim(name, steps, spacing):
     np.testing.assert_allclose(probe, exact, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("steps", [5, 10, 20, 50])
+@pytest.mark.parametrize("spacing", ["logsnr", "trailing"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_dpm_solver_pp_moments_equal_the_papers_recursion(name, spacing, steps):
+    """The probe's moments of DPM-Solver++(2M) (diffusers' update, as this project feeds
+    it) equal Lu et al.'s Algorithm 2 run as a float64 scalar recursion, up to float32
+    rounding: max seen 8.3e-6 (cosine, trailing, 5 steps, whose first step leaves
+    log-SNR −19.8); dropping D_1's ½ moves them by ~1e-2."""
+    probe = affine_moments(name, "dpmpp_2m", (("solver_spacing", spacing), ("steps", steps)))
+    paper = dpm_solver_pp_2m_moments(schedule(name), steps, spacing)
+    np.testing.assert_allclose(probe, paper, rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_ode_solver_samples_have_the_probed_moments(name, sampler):
-    """Drawn samples (65536 pixels) agree with the probe's exact moments, to sampling error."""
+    """Drawn samples (65536 pixels) agree with the x_T ∈ {0, 1} probe's moments, to
+    sampling error: the probe's affine argument holds for the solvers (the probe itself
+    is checked against the paper's recursion above and the exact flow below)."""
     mean, std = affine_moments(name, sampler, (("steps", 10),))
     images = run(name, sampler, (("steps", 10),)).images
     assert abs(images.mean().item() - mean) < 4 * std / N_DRAWS**0.5
@@ -442,26 +498,30 @@ def test_ode_solver_samples_have_the_probed_moments(name, sampler):
 
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-def test_ode_solvers_converge_to_the_data_as_nfe_grows(name, sampler):
-    """Output mean and std → (μ, s) as NFE grows, at second order (error ÷ ≥ 3 per 2× NFE).
+def test_ode_solvers_converge_to_the_exact_flow_at_second_order(name, sampler):
+    """Output moments → those of the exact probability-flow ODE from the same start
+    (`exact_flow_moments`, closed form) as NFE grows, at second order: a 2.5× finer grid
+    divides a second-order error by ~6 and 2× by ~4; the test asks for 4 and 3.
 
-    Errors seen (logsnr spacing, its range from λ(T−2); std error, mean error within
-    1.1e-3 from 10 NFE on): DPM-Solver++ linear 5: −0.10, 10: +0.016, 20: +0.0072,
-    50: +0.0011, 100: +2e-4, 200: −2e-5; cosine 10: +0.014, 20: +0.0098, 50: +0.0017,
-    100: +4e-4, 200: 6e-5 (from λ(T−1), before issue 23: 10: −0.0063, 20: +0.015, 50:
-    +0.0028); UniPC linear 10: +0.026, 20: +0.0047, 50: +2.3e-4, 100: −4e-5, 200: −7e-5. DDIM,
-    first order, only halves its error per 2× NFE (linear, uniform, 50: −0.028, 100:
-    −0.014).
-    The mean's floor of 1e-3 (linear) is x_T ~ N(0, I) rather than N(√ᾱ_T μ, ·).
+    Std errors seen (logsnr grid): DPM-Solver++ linear 5: −0.099, 10: 0.016, 20: 0.0072,
+    50: 0.0011, 100: 1.9e-4, 200: −3e-5; UniPC linear 10: 0.026, 20: 0.0047, 50: 2.2e-4,
+    100: −4.8e-5, 200: −7.8e-5 (float32 rounding from ~1e-4 down); mean errors ≤ 5e-5.
+    DDIM, first order, only halves its error per 2× NFE.
     """
-    errors = {n: moment_errors(name, sampler, n) for n in NFES}
-    print(f"\n{sampler} ({name}) NFE: (mean − μ, std − s):",
-          {n: (round(m, 5), round(d, 5)) for n, (m, d) in errors.items()})
-    std_err = {n: abs(d) for n, (_, d) in errors.items()}
-    assert std_err[5] > std_err[20] > std_err[50] > std_err[100]
-    assert std_err[100] < std_err[50] / 3 and std_err[50] < 0.006
-    assert std_err[200] < 2e-4  # from here on float32 rounding (~1e-4) takes over
-    assert all(abs(m) < 1.2e-3 for n, (m, _) in errors.items() if n >= 10)
+    sched = schedule(name)
+    errors = {}
+    for n in NFES:
+        mean, std = affine_moments(name, sampler, (("steps", n),))
+        t_start = int(ddim_timesteps(1000, n, SETTINGS["solver_spacing"], schedule=sched)[0])
+        exact_mean, exact_std = exact_flow_moments(sched, t_start)
+        errors[n] = (mean - exact_mean, abs(std - exact_std))
+    print(f"\n{sampler} ({name}) NFE: (mean error, |std error|):",
+          {n: (f"{m:.1e}", f"{d:.1e}") for n, (m, d) in errors.items()})
+    std_err = {n: d for n, (_, d) in errors.items()}
+    assert std_err[5] > std_err[10] > std_err[20] > std_err[50] > std_err[100]
+    assert std_err[20] / std_err[50] > 4 and std_err[50] / std_err[100] > 3
+    assert std_err[200] < 1.5e-4                 # float32 rounding from here on
+    assert all(abs(m) < 1e-4 for n, (m, _) in errors.items() if n >= 10)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
@@ -515,7 +575,7 @@ def test_dpm_solver_pp_first_order_is_ddim(name, spacing):
 
 
 def tiny_unet():
-    """An untrained tiny UNet (seeded): outputs far from any closed form."""
+    """An untrained tiny UNet (seeded, zero_init off): outputs far from any closed form."""
     import tiny
     from ddpm.models import build_model
 
@@ -582,9 +642,10 @@ def test_ddim_equals_diffusers_ddim_scheduler(network, name, spacing, diffusers_
 @pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_solver_noise_levels_refine_diffusers_own(name, spacing, scheduler):
-    """The timesteps and σ written into the diffusers schedulers are those diffusers itself
-    computes (DPM: `set_timesteps(timesteps=...)`; UniPC's "trailing" is ours), up to
-    its float32 ᾱ (relative differences seen up to 7e-4, at t = 0)."""
+    """The σ written into the diffusers schedulers are diffusers' own σ = √((1 − ᾱ)/ᾱ)
+    at the same timesteps, from its float32 ᾱ (relative differences seen up to 7e-4, at
+    t = 0), then 0. DPM-Solver++ also computes them itself from `set_timesteps(timesteps=
+    ...)`; where diffusers builds the grid itself (UniPC "trailing") its timesteps are ours."""
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     import ddpm.diffusion.solvers as solvers
@@ -592,18 +653,19 @@ def test_solver_noise_levels_refine_diffusers_own(name, spacing, scheduler):
     sched = schedule(name)
     taus = ddim_timesteps(1000, 10, spacing, schedule=sched)
     ours = getattr(solvers, scheduler)(sched, taus)
-    assert ours.timesteps.tolist() == taus.tolist() and ours.sigmas[-1] == 0
+    own_class = {"dpm_solver_pp_scheduler": DPMSolverMultistepScheduler,
+                 "unipc_scheduler": UniPCMultistepScheduler}[scheduler]
+    own = own_class(trained_betas=sched.betas.numpy(), timestep_spacing="trailing")
+    alpha_bar = own.alphas_cumprod[torch.from_numpy(taus)]                # diffusers' float32
+    expected = torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1)])
+    torch.testing.assert_close(ours.sigmas, expected, rtol=2e-3, atol=0)
+    assert ours.timesteps.tolist() == taus.tolist()          # the grid the sampler loops over
     if scheduler == "dpm_solver_pp_scheduler":
-        own = DPMSolverMultistepScheduler(trained_betas=sched.betas.numpy())
         own.set_timesteps(timesteps=taus.tolist())
-    elif spacing == "trailing":
-        own = UniPCMultistepScheduler(trained_betas=sched.betas.numpy(),
-                                      timestep_spacing="trailing")
+        torch.testing.assert_close(ours.sigmas, own.sigmas, rtol=2e-3, atol=0)
+    if spacing == "trailing":
         own.set_timesteps(10)
-    else:
-        return
-    assert own.timesteps.tolist() == taus.tolist()
-    torch.testing.assert_close(ours.sigmas, own.sigmas, rtol=2e-3, atol=0)
+        assert own.timesteps.tolist() == taus.tolist()
 
 
 @pytest.mark.parametrize("clip_x0", [False, True])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ import torch
 
 from ddpm.diffusion.schedules import (SCHEDULES, NoiseSchedule, cosine_betas, extract,
                                       linear_betas, sigmoid_betas)
+from ddpm.config import DiffusionConfig
 from ddpm.errors import ConfigError
 
 
@@ -25,10 +26,25 @@ def test_betas_in_open_unit_interval_and_alpha_bar_decreasing(name, T):
     assert 0 < alphas_cumprod[-1] < alphas_cumprod[0] < 1
 
 
-def test_schedules_registry_holds_real_functions():
-    assert SCHEDULES == {"linear": linear_betas, "cosine": cosine_betas,
-                         "sigmoid": sigmoid_betas}
-    assert all(inspect.isfunction(f) for f in SCHEDULES.values())
+def _papers_alpha_bar(name: str, T: int) -> np.ndarray:
+    """ᾱ at code index t = 0..T−1 (paper's t + 1) from each paper's formula, in numpy."""
+    t = np.arange(1, T + 1) / T
+    if name == "linear":  # Ho et al. 2020, §4: β from 1e-4 to 0.02 at T = 1000
+        return np.cumprod(1 - np.linspace(1e-4, 0.02, T) * 1000 / T)
+    if name == "cosine":  # Nichol & Dhariwal 2021, eq. 17, s = 0.008
+        f = lambda u: np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+        return f(t) / f(0)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731  Jabri et al. 2022, start −3, end 3
+    return (sig(3) - sig(6 * t - 3)) / (sig(3) - sig(-3))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+def test_each_schedule_name_gives_its_papers_alpha_bar(name):
+    """`diffusion.schedule: NAME` gives the paper's ᾱ (all but the last step, where the
+    cosine and sigmoid clip β at 0.999), and the names are the config's choices."""
+    alpha_bar = NoiseSchedule.from_name(name, 1000).alphas_cumprod.numpy()
+    np.testing.assert_allclose(alpha_bar[:-1], _papers_alpha_bar(name, 1000)[:-1], rtol=1e-9)
+    assert set(SCHEDULES) == set(typing.get_args(typing.get_type_hints(DiffusionConfig)["schedule"]))
 
 
 def test_linear_endpoints():

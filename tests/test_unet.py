@@ -27,7 +27,9 @@ DEFAULT = {}  # ModelConfig() as shipped
 
 
 def config(img_size: int = 32, **overrides) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(), img_size=img_size, **overrides)
+    """The shipped config at `img_size`; zero_init off unless asked (the shipped zeroed
+    output convs make an untrained network return 0 for every input)."""
+    return dataclasses.replace(ModelConfig(), img_size=img_size, **{"zero_init": False, **overrides})
 
 
 def forward(model: nn.Module, batch: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -54,6 +56,7 @@ def test_output_shape_equals_input_shape(layout, size):
         y = forward(model, 2 if size <= 64 else 1, size)
     assert y.shape == (2 if size <= 64 else 1, 3, size, size)
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert y.std() > 0.01  # the network computes something from its input
 
 
 @pytest.mark.parametrize("size", [64, 256])

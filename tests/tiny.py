@@ -16,7 +16,10 @@ IMG = 16
 MODEL = {"img_size": IMG, "channels": [16, 32], "down_attn": [False, True],
          "down_channel_indices": [[0, 0], [0, 1]], "mid_attn": [False],
          "mid_channel_indices": [[1, 1]], "up_attn": [False], "up_channel_indices": [[1, 0]],
-         "num_res_blocks": 1, "num_heads": 2, "norm_groups": 4}
+         "num_res_blocks": 1, "num_heads": 2, "norm_groups": 4,
+         # The shipped zero_init makes an untrained UNet output exactly 0 for every
+         # input: a test network must compute something.
+         "zero_init": False}
 TRAIN = {"max_steps": 20, "batch_size": 8, "num_workers": 0, "val_every": 10, "val_images": 8,
          "sample_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "accelerator": "cpu",
          # float32, contiguous: the tests' tolerances and byte-equality checks were set
@@ -80,3 +83,27 @@ def overfit_losses(model: torch.nn.Module, lr: float, max_steps: int = 300) -> l
         if losses[-1] < losses[0] / 10:
             break
     return losses
+
+
+def run_stage(stage: str, *args: str, cwd: Path | None = None):
+    """Run `python -m stages.STAGE ARGS` in this process through typer's CliRunner, as
+    `typer.run` would: click's Result with exit_code, stdout and stderr kept apart.
+
+    For tests of what a stage prints and exits with; a subprocess adds ~6 s of imports
+    and is only the point where the process itself is (signals, DDP, a pipe's buffering).
+    """
+    import importlib
+    import os
+
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer(add_completion=False)
+    app.command()(importlib.import_module(f"stages.{stage}").main)
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(here)
