@@ -107,6 +107,15 @@ def markdown_table(rows: list[dict], grids: dict[str, str] | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
+def _exp_show(repo: Path, rev: str = "") -> list[dict]:
+    """`dvc exp show --json` in `repo` (from commit `rev` if given), parsed."""
+    command = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
+    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
+
+
 def _git_show(repo: Path, rev: str, path: str) -> bytes | None:
     shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True)
     return shown.stdout if shown.returncode == 0 else None
@@ -157,11 +166,7 @@ def compare(repo: str | Path, out_md: str | Path, rev: str = "", prefix: str = "
     those whose names start with it (one study among others).
     """
     repo, out_md = Path(repo), Path(out_md)
-    command = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
-    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise DdpmError(f"dvc exp show failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
-    rows = [r for r in experiment_rows(json.loads(proc.stdout)) if r["name"].startswith(prefix)]
+    rows = [r for r in experiment_rows(_exp_show(repo, rev)) if r["name"].startswith(prefix)]
     if not rows:
         raise DdpmError(f"{repo}: no experiments yet; run `dvc exp run` first")
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import os
-import re
 import shutil
+import textwrap
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -23,39 +25,40 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # ------------------------------------------------------------------ tiers
 
 # A test is slow when it, a fixture it uses, or a helper either calls from its module
-# runs one of these: Inception (the stand-in), DVC, a subprocess (a stage, a script,
-# pytorch-fid's command line, DDP workers) or a signal that kills one. The fast tier is
+# names one of these: Inception (the stand-in), a subprocess (a stage, a script, DVC,
+# pytorch-fid's command line, DDP workers) or a signal that kills one. Only names in
+# the code count, not words in strings or comments. The fast tier is
 # `python -m pytest -m "not slow"`.
-SLOW_SIGNS = re.compile(r"\b(standin_inception|subprocess|Popen|SIGKILL|ddp_spawn|dvc)\b")
+SLOW_NAMES = {"standin_inception", "subprocess", "Popen", "SIGKILL"}
 
 
-def _sources(func, seen: set) -> list[str]:
-    """The source of `func` and of the module-level functions it names (one level)."""
-    if func in seen or not inspect.isfunction(func):
-        return []
+def _names(func, seen: set) -> set[str]:
+    """Identifiers in `func`'s source and in the module-level functions it calls (one level)."""
+    if not inspect.isfunction(func) or func in seen:
+        return set()
     seen.add(func)
     try:
-        text = inspect.getsource(func)
+        source = inspect.getsource(func)
     except (OSError, TypeError):
-        return []
-    helpers = [func.__globals__.get(name) for name in func.__code__.co_names]
-    return [text] + [inspect.getsource(h) for h in helpers
-                     if inspect.isfunction(h) and h not in seen and not seen.add(h)
-                     and h.__module__ == func.__module__]
+        return set()
+    tokens = tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline)
+    names = {tok.string for tok in tokens if tok.type == tokenize.NAME}
+    for name in func.__code__.co_names:
+        helper = func.__globals__.get(name)
+        if inspect.isfunction(helper) and helper.__module__ == func.__module__:
+            names |= _names(helper, seen) if helper not in seen else set()
+    return names
 
 
 def slow_reason(item) -> str | None:
-    """The first slow sign in the test, its fixtures or their module helpers, else None."""
+    """A slow name used by the test, its fixtures or their module helpers, else None."""
     seen: set = set()
-    texts = _sources(getattr(item, "function", None), seen)
+    names = _names(getattr(item, "function", None), seen)
     for defs in item._fixtureinfo.name2fixturedefs.values():
         for fixture in defs:
-            texts += _sources(fixture.func, seen)
-    for text in texts:
-        found = SLOW_SIGNS.search(text)
-        if found:
-            return found.group(1)
-    return None
+            names |= _names(fixture.func, seen)
+    found = sorted(names & SLOW_NAMES)
+    return found[0] if found else None
 
 
 def pytest_collection_modifyitems(config, items):

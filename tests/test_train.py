@@ -75,7 +75,15 @@ def test_batch_8_times_accumulate_4_equals_batch_32(tmp_path):
     b1, g8, p8, ema8 = one_update(prepared, 8, 4)
     assert all(torch.equal(x, y) for x, y in zip(b0, b1))            # same initialisation
     assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(g32, g8))
-    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(p32, p8))
+    # Adam's first step moves each weight by lr·g/(|g| + ε): where |g| is near float
+    # rounding, the sign of g, and so the step, is rounding's choice. Compare the steps
+    # where the gradient is well above it.
+    compared = 0
+    for x, y, g in zip(p32, p8, g32):
+        sure = g.abs() > 1e-5
+        assert torch.allclose(x[sure], y[sure], rtol=1e-4, atol=1e-6)
+        compared += int(sure.sum())
+    assert compared > 0.9 * sum(g.numel() for g in g32)   # 97% of the weights (seen)
     assert any(not torch.equal(x, y) for x, y in zip(b0, p32))        # an update happened
     assert ema32 == ema8 == 1                                        # EMA once per optimizer step
 

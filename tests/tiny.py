@@ -46,12 +46,13 @@ def write_params(path: Path, **kwargs) -> Path:
     return path
 
 
-def untrained_model(out: Path, **model) -> Path:
-    """A tiny UNet (seed 0, `model` overrides) saved in `out` as the train stage saves it."""
+def untrained_model(out: Path, diffusion: dict | None = None, **model) -> Path:
+    """A tiny UNet (seed 0, `model` overrides) saved in `out` as the train stage saves it,
+    with the default diffusion section updated by `diffusion`."""
     from ddpm.models import build_model
     from ddpm.weights import save_model
 
-    config = params(model=model)
+    config = params(model=model, diffusion=diffusion or {})
     torch.manual_seed(0)
     net = build_model(config.model)
     sections = {"model": vars(config.model), "diffusion": vars(config.diffusion)}
