@@ -46,12 +46,12 @@ DOWNLOAD_TIMEOUT_S = 60.0
 # ------------------------------------------------------------------ weights
 
 
-def hub_weights_path() -> Path:
+def hub_weights_path() -> Path:  # pragma: no mutate block (I/O)
     """Where torch hub (and so pytorch-fid) keeps the weights; honours $TORCH_HOME."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
 
 
-def weights_info(path: str | Path) -> dict:
+def weights_info(path: str | Path) -> dict:  # pragma: no mutate block (I/O)
     """sha256 of a weights file and whether it is the official TTUR Inception.
 
     Anything else (e.g. the tests' calibrated stand-in) gives FIDs that compare runs
@@ -66,7 +66,7 @@ def weights_info(path: str | Path) -> dict:
 
 
 @contextlib.contextmanager
-def state_dict_source(load: Callable[[], dict]) -> Iterator[None]:
+def state_dict_source(load: Callable[[], dict]) -> Iterator[None]:  # pragma: no mutate block (I/O)
     """Make pytorch-fid's `fid_inception_v3` take its state dict from `load()`.
 
     pytorch-fid builds its network and fetches the weights in one function, through
@@ -81,7 +81,7 @@ def state_dict_source(load: Callable[[], dict]) -> Iterator[None]:
         pf_inception.load_state_dict_from_url = original
 
 
-def _download_weights(path: Path) -> None:
+def _download_weights(path: Path) -> None:  # pragma: no mutate block (I/O)
     """Fetch the official weights to `path` as torch hub would, or raise DdpmError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
@@ -98,7 +98,7 @@ def _download_weights(path: Path) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def resolve_weights(weights: str = "") -> Path:
+def resolve_weights(weights: str = "") -> Path:  # pragma: no mutate block (I/O)
     """The weights file to use: `weights` (fid.weights) if given, else torch hub's copy.
 
     The hub copy is downloaded when missing; an explicit path must already exist.
@@ -116,7 +116,8 @@ def resolve_weights(weights: str = "") -> Path:
     return path
 
 
-def load_inception(weights: str = "", device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_inception(weights: str = "", device: str | torch.device = "cpu"
+                   ) -> torch.nn.Module:  # pragma: no mutate block (I/O)
     """pytorch-fid's InceptionV3 returning 2048-d pool features, in eval mode."""
     path = resolve_weights(weights)
     try:
@@ -191,7 +192,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
 # ------------------------------------------------------------------ statistics files
 
 
-def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray, meta: dict) -> None:
+def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray,
+                    meta: dict) -> None:  # pragma: no mutate block (I/O)
     """Save (μ, Σ) as pytorch-fid's `.npz` (keys mu, sigma) and `meta` as a sibling `.json`.
 
     `python -m pytorch_fid stats.npz other` reads the `.npz` directly.
@@ -205,7 +207,8 @@ def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray, meta: d
     write_json_atomically(path.with_suffix(".json"), meta, sort_keys=True)
 
 
-def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def load_statistics(
+        path: str | Path) -> tuple[np.ndarray, np.ndarray]:  # pragma: no mutate block (I/O)
     """(μ, Σ) from a pytorch-fid `.npz` (ours or one made by `pytorch_fid --save-stats`)."""
     path = Path(path)
     if not path.is_file():

@@ -223,7 +223,8 @@ def memorisation(samples: dict, holdout: dict, train: dict, device="cpu") -> tup
     return metrics, nearest
 
 
-def plot_distances(nearest: dict, memorised: dict, path: Path) -> None:
+def plot_distances(nearest: dict, memorised: dict,
+                   path: Path) -> None:  # pragma: no mutate block (figure)
     """Histograms of sample→train and holdout→train distances, one panel per distance,
     with the flag threshold of each (`memorised`: the metrics of `memorisation`)."""
     import matplotlib
@@ -254,8 +255,8 @@ def plot_distances(nearest: dict, memorised: dict, path: Path) -> None:
 
 def closest_pairs_grid(sample_pixels: np.ndarray, train_pixels: np.ndarray,
                        distance: np.ndarray, index: np.ndarray, path: Path,
-                       count: int = 16, min_side: int = 64,
-                       flipped: np.ndarray | None = None) -> list[int]:
+                       count: int = 16, min_side: int = 64, flipped: np.ndarray | None = None
+                       ) -> list[int]:  # pragma: no mutate block (figure)
     """PNG of the `count` closest (sample, its nearest training image) pairs, side by side.
 
     Four pairs per row, closest first; the training image mirrored where `flipped`
