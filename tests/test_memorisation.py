@@ -181,3 +181,89 @@ def test_copies_beyond_the_bound_are_evidence_and_fewer_are_not():
             assert metrics[f"excess_{name}"] == pytest.approx(excess, abs=1e-4)
             assert (metrics[f"excess_{name}"] > 0) is evidence
             assert metrics[f"exact_copies_{name}"] == copies   # counted whatever the bound
+
+
+# ------------------------------------------------------------------ every number, recounted
+
+
+def brute_force(generated, holdout, train):
+    """memorisation()'s metrics and nearest neighbours from full distance matrices, in
+    numpy: cosine 1 − cos of the features, RMS of the pixels / 255, each against the
+    training images and their mirror images (a tie counts as unflipped)."""
+    def cosine(a, b):
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return np.clip(1 - a @ b.T, 0, None)
+
+    def rms(a, b):
+        a, b = a.reshape(len(a), -1) / 255, b.reshape(len(b), -1) / 255
+        return np.sqrt(((a[:, None] - b[None]) ** 2).mean(-1))
+
+    queries = np.concatenate([generated, holdout])
+    n_g, n_h = len(generated), len(holdout)
+    rank = min(n_h, max(1, round(0.01 * (n_h + 1))))
+    upper = int(betabinom(n_g, rank, n_h - rank + 1).ppf(0.99))
+    metrics = {"percentile": 1.0, "threshold_rank": rank, "confidence": 0.99,
+               "n_generated": n_g, "n_holdout": n_h, "n_train": len(train),
+               "n_train_flipped": len(train), "null_rate": round(rank / (n_h + 1), 4),
+               "null_upper": round(upper / n_g, 4), "null_upper_count": upper}
+    nearest = {}
+    spaces = {"cosine": (cosine, features_of(queries), features_of(train),
+                         features_of(mirror(train))),
+              "pixel": (rms, queries, train, mirror(train))}
+    for name, (distance, q, plain, flipped) in spaces.items():
+        d_plain, d_flip = distance(q, plain), distance(q, flipped)
+        best_plain, best_flip = d_plain.min(1), d_flip.min(1)
+        is_flip = best_flip < best_plain - 1e-9
+        d = np.where(is_flip, best_flip, best_plain)
+        d = np.where(d <= 1e-6, 0.0, d)
+        index = np.where(is_flip, d_flip.argmin(1), d_plain.argmin(1))
+        threshold = np.sort(d[n_g:])[rank - 1]
+        hits = d[:n_g] <= threshold
+        count = int(hits.sum())
+        nearest.update({f"{name}_distance": d[:n_g], f"{name}_index": index[:n_g],
+                        f"{name}_flipped": is_flip[:n_g], f"{name}_flagged": hits,
+                        f"holdout_{name}_distance": d[n_g:]})
+        metrics.update({f"fraction_{name}": round(count / n_g, 4), f"flagged_{name}": count,
+                        f"threshold_{name}": round(float(threshold), 6),
+                        f"excess_{name}": round(max(0, count - upper) / n_g, 4),
+                        f"copying_evidence_{name}": count > upper,
+                        f"exact_copies_{name}": int((d[:n_g] == 0).sum())})
+    return metrics, nearest
+
+
+@pytest.mark.parametrize("n_holdout, copies", [(2, 0), (150, 6), (40, 1)])
+def test_every_metric_and_neighbour_equals_a_brute_force_recount(n_holdout, copies):
+    rng = RNG(n_holdout)
+    train, holdout, unseen = images(rng, 90), images(rng, n_holdout), images(rng, 30)
+    picked = rng.choice(90, copies, replace=False)
+    copied = np.concatenate([train[picked[: copies // 2]], mirror(train[picked[copies // 2:]])])
+    generated = np.concatenate([unseen, copied]) if copies else unseen
+    metrics, nearest = memorisation(*as_sets(generated, holdout, train))
+    expected_metrics, expected_nearest = brute_force(generated, holdout, train)
+    assert metrics.keys() == expected_metrics.keys()
+    for key, value in expected_metrics.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    assert nearest.keys() == expected_nearest.keys()
+    for key, value in expected_nearest.items():
+        np.testing.assert_allclose(nearest[key], value, atol=1e-6, err_msg=key)
+
+
+def test_bad_sets_are_one_clear_error_each():
+    rng = RNG(5)
+    generated, holdout, train = as_sets(images(rng, 4), images(rng, 1), images(rng, 10))
+    with pytest.raises(memo.DdpmError, match="^memorisation: need at least 2 holdout images "
+                                             "for the baseline$"):
+        memorisation(generated, holdout, train)
+    generated, holdout, train = as_sets(images(rng, 4), images(rng, 3), images(rng, 10))
+    short = {**train, "features_flipped": train["features_flipped"][:9]}
+    with pytest.raises(memo.DdpmError, match="^memorisation: 9 flipped training features "
+                                             "for 10 training images$"):
+        memorisation(generated, holdout, short)
+    for bigger in ({**generated, "pixels": np.zeros((4, 8, 8, 3), np.uint8)},):
+        with pytest.raises(memo.DdpmError, match=r"generated images are \(8, 8\) px but "
+                                                 r"training images \(6, 6\) px"):
+            memorisation(bigger, holdout, train)
+    small_holdout = {**holdout, "pixels": np.zeros((3, 8, 8, 3), np.uint8)}
+    with pytest.raises(memo.DdpmError, match=r"are \(8, 8\) px but training images \(6, 6\)"):
+        memorisation(generated, small_holdout, train)
