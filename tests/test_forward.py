@@ -144,3 +144,53 @@ def test_loss_per_timestep():
     # Batching is bookkeeping only.
     one_batch = loss_per_timestep(model, sched, x0, steps, noise, "v", batch_size=64)
     assert torch.equal(losses, one_batch)
+
+
+# ------------------------------------------------------------------ defaults and dtypes
+
+
+def _replayed_loss(x0, prediction, weighting, gamma, seed=3):
+    """The loss recomputed by hand from the draws a seeded generator makes (t, then ε)."""
+    from ddpm.diffusion.forward import q_sample
+
+    schedule = NoiseSchedule.from_name("cosine", 100)
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, 100, (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    net = lambda x, tt: 0.5 * x  # noqa: E731
+    err = (net(q_sample(schedule, x0, t, eps), t).float()
+           - prediction_target(schedule, x0, eps, t, prediction).float()).pow(2).flatten(1).mean(1)
+    if weighting == "min_snr":
+        snr = schedule.log_snr(t).exp()
+        clipped = snr.clamp(max=gamma)
+        err = err * {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[prediction]
+    return schedule, net, err.mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_losses_defaults_are_unweighted_and_gamma_5(dtype):
+    from ddpm.diffusion.forward import training_loss, training_losses
+
+    x0 = torch.rand(6, 3, 4, 4, dtype=dtype) * 2 - 1
+    schedule, net, plain = _replayed_loss(x0, "v", "none", None)
+    got = training_losses(net, schedule, x0, "v", torch.Generator().manual_seed(3))
+    assert got.loss.item() == pytest.approx(plain.item(), rel=1e-6) == got.mse.item()
+    _, _, weighted = _replayed_loss(x0, "v", "min_snr", 5.0)
+    got = training_loss(net, schedule, x0, "v", torch.Generator().manual_seed(3), "min_snr")
+    assert got.item() == pytest.approx(weighted.item(), rel=1e-6)
+
+
+def test_min_snr_weight_is_float32_on_ts_device():
+    from ddpm.diffusion.forward import min_snr_weight
+
+    w = min_snr_weight(NoiseSchedule.from_name("cosine", 100), torch.tensor([1, 50, 99]), "v", 5.0)
+    assert w.dtype == torch.float32 and w.device == torch.device("cpu")
+
+
+def test_unknown_loss_weighting_lists_the_choices():
+    from ddpm.diffusion.forward import training_losses
+
+    with pytest.raises(ConfigError, match=r"^diffusion.loss_weighting = 'snr': must be one of "
+                                          r"'none', 'min_snr'$"):
+        training_losses(lambda x, t: x, NoiseSchedule.from_name("cosine", 100),
+                        torch.zeros(1, 3, 2, 2), "eps", loss_weighting="snr")

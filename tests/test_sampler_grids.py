@@ -283,3 +283,28 @@ if __name__ == "__main__":  # the measured table quoted above and in the report
           f"{N * int(np.prod(SHAPE))} draws, prediction {DiffusionConfig().prediction}; "
           "the data's own draws: about 0.005")
     print(w1_table())
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("T, S", [(1000, 5), (1000, 10), (1000, 20), (1000, 50), (100, 60)])
+def test_logsnr_grid_is_the_brute_force_nearest_search(name, T, S):
+    """S targets uniform in λ from λ(0) to λ(T−2); each the t of nearest λ(t) (argmin over
+    all t, ties to the later t), the one nearest λ(T−2) moved to T − 1, then pushed apart
+    to distinct timesteps, descending."""
+    from ddpm.diffusion.samplers import ddim_timesteps
+    from ddpm.diffusion.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule.from_name(name, T)
+    lam = schedule.log_snr(torch.arange(T)).numpy()
+    targets = np.linspace(lam[0], lam[T - 2], S)                    # ascending in t
+    gaps = np.abs(lam[None, :] - targets[:, None])                   # [S, T]
+    nearest = np.array([np.flatnonzero(row == row.min())[-1] for row in gaps])
+    nearest[-1] = T - 1
+    grid = []
+    for i, t in enumerate(nearest):                                  # distinct, ascending
+        t = max(t, grid[-1] + 1) if grid else t
+        grid.append(min(t, T - S + i))
+    assert ddim_timesteps(T, S, "logsnr", schedule=schedule).tolist() == grid[::-1]
+    with pytest.raises(ValueError, match="^logsnr spacing needs the noise schedule of the "
+                                         "T timesteps$"):
+        ddim_timesteps(T, S, "logsnr", schedule=NoiseSchedule.from_name(name, T + 1))

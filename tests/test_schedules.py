@@ -144,3 +144,23 @@ def test_extract_gathers_casts_and_broadcasts():
     assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
     assert torch.equal(out.flatten(), sched.alphas_cumprod[t].float())
     assert extract(sched.betas, t, (3, 5), torch.float64).shape == (3, 1)
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_sigmoid_temperature_is_the_papers_tau(tau):
+    """Jabri et al.'s ᾱ(t) = (σ(e/τ) − σ((t/T(e − s) + s)/τ)) / (σ(e/τ) − σ(s/τ)), s = −3, e = 3."""
+    t = np.arange(1, 1001) / 1000
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = (sig(3 / tau) - sig((6 * t - 3) / tau)) / (sig(3 / tau) - sig(-3 / tau))
+    alpha_bar = NoiseSchedule.from_betas(sigmoid_betas(1000, tau=tau)).alphas_cumprod.numpy()
+    np.testing.assert_allclose(alpha_bar[:-1], expected[:-1], rtol=1e-9)
+
+
+def test_schedule_errors_are_one_line_naming_the_key_and_the_fix():
+    with pytest.raises(ConfigError, match=r"^diffusion.timesteps = 20: must be > 20 for the "
+                                          r"linear schedule \(its last beta, 20/T, must stay "
+                                          r"below 1\)$"):
+        linear_betas(20)
+    with pytest.raises(ConfigError, match=r"^diffusion.schedule = 'cos': must be one of "
+                                          r"'linear', 'cosine', 'sigmoid'$"):
+        NoiseSchedule.from_name("cos", 100)
