@@ -46,7 +46,7 @@ def _names(func, seen: set) -> set[str]:
     for name in func.__code__.co_names:
         helper = func.__globals__.get(name)
         if inspect.isfunction(helper) and helper.__module__ == func.__module__:
-            names |= _names(helper, seen) if helper not in seen else set()
+            names |= _names(helper, seen)   # empty for one already read
     return names
 
 
