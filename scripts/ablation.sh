@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training-recipe ablation (README "Training recipe: the ablation"): one queued
+# The training-recipe ablation (docs/recipe.md): one queued
 # `dvc exp run` per variant on real CelebA faces, then the comparison table.
 #
 #   FACES=/abs/path/to/faces bash scripts/ablation.sh       # queue and run (hours on 2 CPU cores)

@@ -2,7 +2,8 @@
 
 Prints images/s of one optimizer step (forward + backward + AdamW, float32) and of
 one no-grad forward (one sampling step) for each layout, plus the forward FLOPs
-per image, so README time estimates can be grounded in a measured rate.
+per image, so the time estimates in docs/research-log.md can be grounded in a
+measured rate.
 
     python scripts/bench_train.py --batch 8 --repeats 3
 """

@@ -1,4 +1,4 @@
-"""Print the params reference (markdown) from params.yaml's own comments, for the README.
+"""Print the params reference (markdown) from params.yaml's own comments, for docs/parameters.md.
 
     python scripts/params_table.py > /tmp/params.md
 """

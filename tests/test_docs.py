@@ -1,4 +1,4 @@
-"""The README and params.yaml tell the truth about the code."""
+"""The docs and params.yaml tell the truth about the code."""
 
 import contextlib
 import importlib.util
@@ -14,7 +14,7 @@ def test_params_yaml_holds_exactly_the_code_defaults():
     assert load_params(REPO / "params.yaml") == Params()
 
 
-def test_readme_params_reference_is_current():
+def test_params_reference_is_current():
     spec = importlib.util.spec_from_file_location("params_table", REPO / "scripts/params_table.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -22,5 +22,5 @@ def test_readme_params_reference_is_current():
     with contextlib.redirect_stdout(printed):
         script.main(REPO / "params.yaml")
     table = printed.getvalue().strip()
-    assert table in (REPO / "README.md").read_text(), \
-        "README params reference is stale: regenerate with python scripts/params_table.py"
+    assert table in (REPO / "docs/parameters.md").read_text(), \
+        "docs/parameters.md is stale: regenerate its tables with python scripts/params_table.py"

@@ -1,8 +1,8 @@
-"""README "Scaling out": share a run and an experiment through a DVC remote, as the README says.
+"""docs/scaling.md: share a run and an experiment through a DVC remote, as that page says.
 
 A copy of the repository with tiny params runs only prepare and train (seconds),
 pushes to a DVC remote on a local folder and a bare git repository as `origin`,
-and a fresh clone pulls both back. The commands are the README's, in its order.
+and a fresh clone pulls both back. The commands are docs/scaling.md's, in its order.
 """
 
 from __future__ import annotations

@@ -208,4 +208,4 @@ def pack(faces_source: Path = FACES_SOURCE, kinds: Path = DEVICE_KINDS) -> None:
           f'  carry:     ["{FACES_DIR}", "{WHEELS_DIR}"]\n'
           f"  timeout_s: {DEVICE_TIMEOUT_S}\n"
           "What comes back, in $OUT, even when the call is cut short: results.jsonl, "
-          "table.md, failed.log (see the README's GPU section).")
+          "table.md, failed.log (see docs/benchmarks.md, \"GPU check and benchmarks\").")
