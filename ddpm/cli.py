@@ -42,7 +42,7 @@ _DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N
 
 
 def _sample_settings(**options):
-    from ddpm.draw import sample_settings
+    from ddpm.sampling.single import sample_settings
 
     return sample_settings(options)
 
@@ -93,7 +93,7 @@ def sample(
     precision: str = _PRECISION, compile: str = _COMPILE, device: str = _DEVICE,
 ) -> None:
     """Draw n images from a trained model: image i is the generate stage's image i."""
-    from ddpm.draw import draw, open_generator, write_images
+    from ddpm.sampling.single import draw, open_generator, write_images
 
     settings = _sample_settings(n=n, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
@@ -115,7 +115,7 @@ def trajectory(
     device: str = _DEVICE,
 ) -> None:
     """A movie of sampling: x_t and the predicted x0 along the steps, for images 0–3."""
-    from ddpm.draw import open_generator, trajectory as write_movie
+    from ddpm.sampling.single import open_generator, trajectory as write_movie
 
     settings = _sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
@@ -143,7 +143,7 @@ def inception(
     with each other only, never with published numbers; every FID written with
     them is marked as such.
     """
-    from ddpm.fid import WEIGHTS_FILENAME, hub_weights_path, weights_info
+    from ddpm.metrics.fid import WEIGHTS_FILENAME, hub_weights_path, weights_info
 
     path = Path(weights) if weights else hub_weights_path()
     if path.is_file():
@@ -154,7 +154,7 @@ def inception(
         typer.echo(f"{path}: absent; pytorch-fid downloads {WEIGHTS_FILENAME} there on first "
                    "use, or run `ddpm inception --standin` to work offline with stand-in weights")
         return
-    from ddpm.inception_standin import demo_drawings, folder_images, make_standin_weights
+    from ddpm.metrics.inception_standin import demo_drawings, folder_images, make_standin_weights
 
     source = (folder_images(calibrate_on, images, size, crop) if calibrate_on
               else demo_drawings(images, size=size))
@@ -173,7 +173,7 @@ def compare(
     prefix: str = typer.Option("", help="Only experiments whose names start with this."),
 ) -> None:
     """Table of all experiments (differing params, key metrics) + loss-per-timestep overlay."""
-    from ddpm.compare import compare as compare_experiments
+    from ddpm.reporting.compare import compare as compare_experiments
 
     typer.echo(compare_experiments(repo, out, rev, prefix))
 

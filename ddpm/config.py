@@ -90,7 +90,7 @@ class TrainConfig:
     max_steps: int = _bounded(600, ge=1)
     batch_size: int = _bounded(32, ge=1)
     accumulate_grad_batches: int = _bounded(1, ge=1)
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # ddpm/precision.py
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # ddpm/io/precision.py
     lr: float = _bounded(1e-3, gt=0.0)
     warmup_steps: int = _bounded(100, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -104,7 +104,7 @@ class TrainConfig:
     num_nodes: int = _bounded(1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"
     compile: bool = False
-    channels_last: Literal["auto", True, False] = "auto"  # ddpm/precision.py
+    channels_last: Literal["auto", True, False] = "auto"  # ddpm/io/precision.py
     num_workers: int = _bounded(0, ge=0)
     val_every: int = _bounded(200, ge=1)
     val_images: int = _bounded(64, ge=1)
@@ -127,7 +127,7 @@ class SampleConfig:
     shard_size: int = _bounded(1000, ge=1)
     seed: int = 0
     use_ema: bool = True
-    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"  # ddpm/precision.py
+    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"  # ddpm/io/precision.py
     compile: Literal["none", "default", "reduce-overhead"] = "none"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = _bounded(1, ge=1)

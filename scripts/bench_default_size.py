@@ -24,8 +24,8 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.data.prepare import prepare_dataset
-from ddpm.evaluation import prepared_arrays
-from ddpm.generation import generate, iter_shards
+from ddpm.evaluation.sweep import prepared_arrays
+from ddpm.sampling.generate import generate, iter_shards
 from ddpm.training.run import train
 
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 import typer
 from PIL import Image, ImageFilter
 
-from ddpm.fid import (feature_statistics, frechet_distance, inception_features, load_inception,
-                      resolve_weights, weights_info)
-from ddpm.inception_standin import folder_images, demo_drawings, make_standin_weights
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
+                              load_inception, resolve_weights, weights_info)
+from ddpm.metrics.inception_standin import folder_images, demo_drawings, make_standin_weights
 
 # (disturbance, levels): the fixed levels, mildest first.
 LEVELS = {

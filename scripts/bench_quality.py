@@ -44,10 +44,11 @@ from PIL import Image
 
 from ddpm.config import DataConfig, Params, load_params
 from ddpm.data.prepare import prepare_dataset
-from ddpm.evaluation import prepared_arrays, rebatch
-from ddpm.fid import feature_statistics, frechet_distance, inception_features, load_inception
-from ddpm.generation import generate, iter_shards
-from ddpm.precision import resolve_train
+from ddpm.evaluation.sweep import prepared_arrays, rebatch
+from ddpm.io.precision import resolve_train
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
+                              load_inception)
+from ddpm.sampling.generate import generate, iter_shards
 from ddpm.training.run import train
 
 PEER_DIM, PEER_MULTS = 16, (1, 2, 4)
@@ -123,7 +124,7 @@ def run_ddpm(params: Params, prepared: Path, work: Path) -> tuple[float, float, 
     start = time.perf_counter()
     generate(work / "models", work / "samples", params.sample)
     sample_rate = params.sample.n / (time.perf_counter() - start)
-    from ddpm.weights import load_model
+    from ddpm.models.checkpoint import load_model
     net, _, _ = load_model(work / "models")
     n_params = sum(p.numel() for p in net.parameters())
     return train_rate, sample_rate, np.concatenate(list(iter_shards(work / "samples"))), n_params

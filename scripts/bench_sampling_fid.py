@@ -24,9 +24,10 @@ from PIL import Image
 
 from ddpm.config import ModelConfig, SampleConfig
 from ddpm.diffusion.schedules import NoiseSchedule
-from ddpm.fid import feature_statistics, frechet_distance, inception_features, load_inception
-from ddpm.generation import run_sampler
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
+                              load_inception)
 from ddpm.models import build_model
+from ddpm.sampling.generate import run_sampler
 
 
 def sampling_rate(net, schedule, sample: SampleConfig, n: int, img_size: int) -> float:

@@ -5,7 +5,7 @@
 #   - training img/s, peak memory, measured train FLOPs/image and MFU of the research
 #     log's #5 UNet at 64 px in bf16 through the train stage's Lightning loop, plain;
 #   - the generate stage: 50,000 DDIM-50 samples at 64 px (bf16, compiled), and their
-#     FID through ddpm.evaluation (or the FID of the shards a cut generation kept);
+#     FID through ddpm.evaluation.sweep (or the FID of the shards a cut generation kept);
 #   - diffusers' UNet2DModel laid out the same (scripts/diffusers_peer.py) trained the
 #     same way; the loader alone, per worker count; the training with torch.compile +
 #     channels_last; with several GPUs, DDP training and generation split across them.
@@ -64,7 +64,7 @@ if ! missing=$(python3 -c "import pytorch_fid, diffusers" 2>&1); then
     fail "${missing##*$'\n'}: run 'bash scripts/gpu_check.sh --pack' here and carry .whl"
 fi
 if [[ $mode == smoke ]]; then
-    # inductor takes minutes on a CPU; aot_eager traces the same graphs (ddpm/compiling.py)
+    # inductor takes minutes on a CPU; aot_eager traces the same graphs (ddpm/models/compiling.py)
     export DDPM_COMPILE_BACKEND=${DDPM_COMPILE_BACKEND:-aot_eager}
 else
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

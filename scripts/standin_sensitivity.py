@@ -17,9 +17,9 @@ import numpy as np
 import typer
 from PIL import Image, ImageFilter
 
-from ddpm.evaluation import prepared_arrays, rebatch
-from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
-                      load_inception, load_statistics)
+from ddpm.evaluation.sweep import prepared_arrays, rebatch
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
+                              load_inception, load_statistics)
 
 
 def blurred(images: np.ndarray, radius: float) -> np.ndarray:

@@ -6,9 +6,9 @@ from pathlib import Path
 import typer
 
 from ddpm.config import load_params
-from ddpm.devices import torch_device
 from ddpm.errors import one_line_errors
-from ddpm.evaluation import score_samples
+from ddpm.evaluation.sweep import score_samples
+from ddpm.io.devices import torch_device
 
 
 @one_line_errors

@@ -5,9 +5,9 @@ from pathlib import Path
 import typer
 
 from ddpm.config import load_params
-from ddpm.devices import torch_device
 from ddpm.errors import one_line_errors
-from ddpm.evaluation import reference_statistics
+from ddpm.evaluation.sweep import reference_statistics
+from ddpm.io.devices import torch_device
 
 
 @one_line_errors

@@ -10,9 +10,9 @@ import typer
 from lightning.fabric import Fabric
 
 from ddpm.config import load_params
-from ddpm.devices import check_accelerator
 from ddpm.errors import one_line_errors
-from ddpm.generation import generate
+from ddpm.io.devices import check_accelerator
+from ddpm.sampling.generate import generate
 
 
 @one_line_errors

@@ -6,7 +6,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
-from ddpm.report import RunOutputs, build_report
+from ddpm.reporting.report import RunOutputs, build_report
 
 
 @one_line_errors

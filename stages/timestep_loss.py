@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 import typer
 
-from ddpm.analysis import analyse
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
+from ddpm.evaluation.timestep_loss import analyse
 
 
 @one_line_errors

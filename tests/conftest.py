@@ -83,7 +83,7 @@ def _standin_cache_path() -> Path:
     import pytorch_fid
     import torch
 
-    import ddpm.inception_standin as standin
+    import ddpm.metrics.inception_standin as standin
 
     settings = f"{torch.__version__}/{STANDIN_IMAGES}/{STANDIN_SEED}"
     recipe = Path(standin.__file__).read_bytes() + settings.encode()
@@ -100,8 +100,8 @@ def standin_inception(tmp_path_factory):
     or `dvc repro` inherit it) and restores it afterwards. Yields the weights path.
     FIDs from these weights compare runs with each other only.
     """
-    from ddpm.fid import WEIGHTS_FILENAME
-    from ddpm.inception_standin import make_standin_weights
+    from ddpm.metrics.fid import WEIGHTS_FILENAME
+    from ddpm.metrics.inception_standin import make_standin_weights
 
     cached = _standin_cache_path()
     if not cached.is_file():

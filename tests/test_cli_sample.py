@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import tiny
 from ddpm.cli import app
 from ddpm.config import SampleConfig
-from ddpm.generation import generate, iter_shards
+from ddpm.sampling.generate import generate, iter_shards
 
 # Few images and steps: the test is about which noise image i gets, not quality.
 SAMPLE = SampleConfig(n=6, sampler="ddim", steps=4, batch_size=4, shard_size=4, eta=0.5)

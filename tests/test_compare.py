@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import ddpm.compare as compare_module
-from ddpm.compare import compare, experiment_rows, markdown_table
 from ddpm.errors import DdpmError
+import ddpm.reporting.compare as compare_module
+from ddpm.reporting.compare import compare, experiment_rows, markdown_table
 
 
 def entry(rev: str, name: str | None, schedule: str, fid: float, se: float | None) -> dict:

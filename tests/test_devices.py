@@ -32,7 +32,7 @@ def test_gpu_accelerator_without_a_gpu_is_one_line_and_exit_2(tmp_path, stage, s
 
 
 def test_too_many_gpus_names_the_devices_key(monkeypatch):
-    from ddpm.devices import check_accelerator
+    from ddpm.io.devices import check_accelerator
     from ddpm.errors import ConfigError
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     check_accelerator("train", "gpu", 2)
@@ -43,7 +43,7 @@ def test_too_many_gpus_names_the_devices_key(monkeypatch):
 
 def test_fid_device_follows_fid_accelerator(monkeypatch):
     """auto is the GPU exactly when CUDA sees one (the FID stages' old rule); cpu stays."""
-    from ddpm.devices import torch_device
+    from ddpm.io.devices import torch_device
     for cuda in (False, True):
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         monkeypatch.setattr(torch.cuda, "device_count", lambda cuda=cuda: int(cuda))

@@ -21,8 +21,8 @@ from PIL import Image
 from pytorch_fid.fid_score import compute_statistics_of_path
 from scipy.ndimage import gaussian_filter
 
-from ddpm import fid
 from ddpm.errors import DdpmError
+from ddpm.metrics import fid
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 
 N_IMAGES = 40  # per set; one pytorch-fid batch (its batch size 50 is cut to the set size)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from ddpm import fid
+from ddpm.metrics import fid
 
 
 def test_feature_statistics_are_the_mean_and_the_unbiased_covariance():

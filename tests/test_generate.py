@@ -17,7 +17,7 @@ from PIL import Image
 
 import tiny
 from ddpm.config import SampleConfig
-from ddpm.generation import generate, shard_path
+from ddpm.sampling.generate import generate, shard_path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = SampleConfig(n=40, sampler="ddim", steps=8, batch_size=7, shard_size=16,
@@ -231,7 +231,7 @@ def test_compiled_sampling_network_gives_the_same_images(tmp_path, monkeypatch, 
     """sample.compile traces the sampling network (autocast inside) once and the images
     stay those of the plain network. Inductor takes about a minute per graph on this
     CPU, so this test compiles with aot_eager (Dynamo + AOTAutograd, ordinary kernels:
-    ddpm/compiling.py); the inductor run is the slow test below. DPM-Solver++ keeps the
+    ddpm/models/compiling.py); the inductor run is the slow test below. DPM-Solver++ keeps the
     previous step's output, which reduce-overhead's CUDA graphs would overwrite without
     CompiledNet's copy."""
     from torch._dynamo.utils import counters

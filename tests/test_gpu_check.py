@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from ddpm.config import ModelConfig
-from ddpm.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
+from ddpm.models.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "data" / "faces-a"

@@ -402,7 +402,7 @@ def test_config_validates_the_bound_settings():
 def test_analyse_writes_the_bound_into_metrics_json(tmp_path):
     from dataclasses import replace
 
-    from ddpm.analysis import analyse
+    from ddpm.evaluation.timestep_loss import analyse
     from ddpm.config import AnalysisConfig
     from tests.tiny import prepared, untrained_model
 

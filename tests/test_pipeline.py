@@ -22,7 +22,7 @@ from PIL import Image
 
 import tiny
 from ddpm.config import params_from_dict
-from ddpm.report import fmt
+from ddpm.reporting.report import fmt
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import torch
 
 from ddpm.config import SampleConfig, TrainConfig, params_from_dict
 from ddpm.errors import ConfigError
-from ddpm.precision import (Hardware, choose_channels_last, choose_sample_precision,
-                            choose_train_precision, detect_hardware, resolve_sample,
-                            resolve_train)
+from ddpm.io.precision import (Hardware, choose_channels_last, choose_sample_precision,
+                               choose_train_precision, detect_hardware, resolve_sample,
+                               resolve_train)
 
 AMX = dict(cpu_amx=True, aten_capability="AVX512")
 CASES = {  # name → (hardware, train precision, sample precision)

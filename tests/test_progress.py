@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import tiny
-from ddpm.progress import progress_bar
+from ddpm.io.progress import progress_bar
 from ddpm.training.callbacks import ProgressLines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_train_stage_in_a_pipe_prints_progress_lines_and_no_advert(tmp_path):
 
 
 def test_line_bar_prints_whole_lines_with_count_rate_and_time_left(monkeypatch):
-    monkeypatch.setattr("ddpm.progress.interactive", lambda: False)
+    monkeypatch.setattr("ddpm.io.progress.interactive", lambda: False)
     out, now = io.StringIO(), [100.0]
     bar = progress_bar(100, "generate (ddim)", every_s=5, file=out)
     bar._time = lambda: now[0]                          # tqdm's clock
@@ -67,7 +67,7 @@ def test_line_bar_prints_whole_lines_with_count_rate_and_time_left(monkeypatch):
 
 
 def test_line_bar_waits_every_s_between_lines_and_ends_with_the_final_count(monkeypatch):
-    monkeypatch.setattr("ddpm.progress.interactive", lambda: False)
+    monkeypatch.setattr("ddpm.io.progress.interactive", lambda: False)
     out = io.StringIO()
     with progress_bar(50, "FID generated", every_s=3600, file=out) as bar:
         for _ in range(5):
@@ -78,7 +78,7 @@ def test_line_bar_waits_every_s_between_lines_and_ends_with_the_final_count(monk
 
 
 def test_on_a_terminal_it_is_tqdms_own_bar(monkeypatch):
-    monkeypatch.setattr("ddpm.progress.interactive", lambda: True)
+    monkeypatch.setattr("ddpm.io.progress.interactive", lambda: True)
     bar = progress_bar(10, "x", file=io.StringIO())
     assert type(bar) is tqdm
     bar.close()

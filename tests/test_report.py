@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ddpm.config import DiffusionConfig, Params
-from ddpm.report import RunOutputs, build_report
+from ddpm.reporting.report import RunOutputs, build_report
 
 LOSS, MSE, VAL = 0.0115, 0.0521, 0.0767
 

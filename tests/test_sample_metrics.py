@@ -18,14 +18,14 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import tiny
-from ddpm import evaluation
 from ddpm.config import FidConfig, Params
 from ddpm.data.demo import draw_face
-from ddpm.fid import inception_features, load_inception, load_statistics
+from ddpm.evaluation import sweep as evaluation
+from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import flagged, memorisation, nearest_pixel
 from ddpm.metrics.precision_recall import precision_recall
-from ddpm.report import RunOutputs, build_report, fmt, pm
+from ddpm.reporting.report import RunOutputs, build_report, fmt, pm
 
 HALF = 40   # faces per half: the train side and the "generated"/holdout side
 
@@ -319,7 +319,7 @@ def test_features_from_an_older_fid_ref_are_refused_in_one_line(scored, tmp_path
 
 
 def test_compare_table_shows_the_new_metrics_with_their_spread(scored):
-    from ddpm.compare import _flatten, markdown_table
+    from ddpm.reporting.compare import _flatten, markdown_table
 
     root, _, _ = scored
     metrics = _flatten(json.loads((root / "metrics/fid.json").read_text()))

@@ -8,8 +8,8 @@ from PIL import Image
 
 from ddpm.data.demo import draw_face
 from ddpm.errors import DdpmError
-from ddpm.inception_standin import (PROBE_IMAGES, demo_drawings, folder_images,
-                                    make_standin_weights)
+from ddpm.metrics.inception_standin import (PROBE_IMAGES, demo_drawings, folder_images,
+                                            make_standin_weights)
 
 
 def test_demo_drawings_are_prepared_repeatable_and_not_a_runs_demo_set():

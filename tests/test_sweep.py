@@ -10,14 +10,14 @@ from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 import tiny
-from ddpm import evaluation
 from ddpm.config import SampleConfig
 from ddpm.errors import ConfigError, DdpmError
-from ddpm.evaluation import plot_sweep, sweep_label, sweep_points
-from ddpm.fid import feature_statistics, save_statistics
+from ddpm.evaluation import sweep as evaluation
+from ddpm.evaluation.sweep import plot_sweep, sweep_label, sweep_points
+from ddpm.metrics.fid import feature_statistics, save_statistics
 from ddpm.metrics.real_features import save_real_features
 from ddpm.metrics.resampling import standard_errors
-from ddpm.report import _sweep_table
+from ddpm.reporting.report import _sweep_table
 
 
 def test_sweep_points_are_every_sampler_at_every_step_count_with_its_nfe():

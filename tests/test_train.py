@@ -361,8 +361,8 @@ def test_shared_trained_model_has_learned_the_drawings(trained_tiny_model, tmp_p
     better than the same network untrained (seed 0): the tests that use it see a
     network that learned something."""
     from ddpm.diffusion.forward import loss_per_timestep
-    from ddpm.inception_standin import demo_drawings
-    from ddpm.weights import load_model
+    from ddpm.metrics.inception_standin import demo_drawings
+    from ddpm.models.checkpoint import load_model
 
     trained, schedule, _ = load_model(trained_tiny_model)
     untrained, _, _ = load_model(tiny.untrained_model(tmp_path / "untrained"))

@@ -14,7 +14,7 @@ from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
 from ddpm.models import ARCHITECTURES, build_model
 from ddpm.models.layers import AttentionBlock, ResidualBlock, sinusoidal_embedding
-from ddpm.log_layouts import LOG9 as LOG9_EXACT
+from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
 from ddpm.models.unet import UNet
 
 # Research log entry #9, exactly as written there.

@@ -14,7 +14,7 @@ from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
 from ddpm.models import ARCHITECTURES, build_model
 from ddpm.models.layers import AttentionBlock
-from ddpm.log_layouts import LOG9 as LOG9_EXACT
+from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
 from ddpm.models.unetpp import UNetPP
 
 # Research log entry #9's index lists (as in tests/test_unet.py).

@@ -50,7 +50,7 @@ def untrained_model(out: Path, diffusion: dict | None = None, **model) -> Path:
     """A tiny UNet (seed 0, `model` overrides) saved in `out` as the train stage saves it,
     with the default diffusion section updated by `diffusion`."""
     from ddpm.models import build_model
-    from ddpm.weights import save_model
+    from ddpm.models.checkpoint import save_model
 
     config = params(model=model, diffusion=diffusion or {})
     torch.manual_seed(0)

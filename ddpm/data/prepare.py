@@ -35,12 +35,12 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ddpm.config import DataConfig
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
 from ddpm.data.splits import Splitter
-from ddpm.config import DataConfig
 from ddpm.errors import DataError
-from ddpm.progress import progress_bar
+from ddpm.io.progress import progress_bar
 
 SPLITS = ("train", "holdout")
 SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary())])

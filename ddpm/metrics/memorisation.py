@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import betabinom
 
-from ddpm.atomic import write_atomically
 from ddpm.errors import DdpmError
+from ddpm.io.atomic import write_atomically
 from ddpm.metrics import blocks
 from ddpm.metrics.blocks import by_row_blocks
 
@@ -232,7 +232,7 @@ def plot_distances(nearest: dict, memorised: dict,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddpm.figures import save_figure
+    from ddpm.io.figures import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     rank, n_h = memorised["threshold_rank"], memorised["n_holdout"]

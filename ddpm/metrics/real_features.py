@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.atomic import write_atomically
 from ddpm.errors import DdpmError
+from ddpm.io.atomic import write_atomically
 
 SPLITS = ("train", "holdout")
 MEMORISATION_KEYS = ("memorisation_train", "memorisation_train_flipped",

@@ -32,7 +32,7 @@ FID (Heusel et al. 2017): ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr
 Tr (Σ₁ Σ₂)^½ = ‖A₁ A₂ᵀ‖_* (the sum of its singular values): exact, and an SVD of an
 N₁ × N₂ matrix instead of scipy's 2048² `sqrtm`. A side with more rows than D is
 first reduced to its D × D triangular factor R (QR: Aᵀ A = Rᵀ R), so the SVD is
-never larger than D × D. The headline FID stays pytorch-fid's (`ddpm.fid`).
+never larger than D × D. The headline FID stays pytorch-fid's (`ddpm.metrics.fid`).
 
 KID (Bińkowski et al. 2018, eq. 4): the unbiased MMD² under the cubic kernel
 k(x, y) = (xᵀy / D + 1)³,

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddpm.atomic import write_atomically
 from ddpm.config import FidConfig
 from ddpm.errors import DdpmError
-from ddpm.fid import load_statistics
+from ddpm.io.atomic import write_atomically
+from ddpm.metrics.fid import load_statistics
 from ddpm.metrics.fid_spread import fid_blocks
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import closest_pairs_grid, memorisation, plot_distances

@@ -14,7 +14,7 @@ from PIL import Image
 from ddpm.config import SampleConfig
 from ddpm.diffusion.registry import sample_images
 from ddpm.diffusion.samplers import initial_noise, sample_generators
-from ddpm.progress import EVERY_S, progress_line
+from ddpm.io.progress import EVERY_S, progress_line
 from ddpm.training.loggers import log_image
 
 
@@ -137,7 +137,7 @@ class ProgressLines(L.Callback):
 
     A bar redrawn with carriage returns is unreadable there, so rank 0 prints one
     line every `every_s` seconds and at the end: step, loss, images/s and the time
-    left at the rate so far (`ddpm.progress`'s line format, as the other stages).
+    left at the rate so far (`ddpm.io.progress`'s line format, as the other stages).
     """
 
     def __init__(self, every_s: float = EVERY_S, images_per_step: int = 1):

@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from ddpm.atomic import write_json_atomically
 from ddpm.errors import ConfigError
+from ddpm.io.atomic import write_json_atomically
 
 EXPERIMENT = "ddpm"
 RUN_FILE = "mlflow_run.json"  # beside the resume checkpoint: a resumed run continues its MLflow run

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddpm.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
+from ddpm.models.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
 
 # The device tool gives one command at most 600 s and returns only what it left in
 # $OUT; the default leaves 80 s of that for the pip install's spread, the final table

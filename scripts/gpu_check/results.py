@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from ddpm.atomic import write_text_atomically
+from ddpm.io.atomic import write_text_atomically
 from gpu_check.plan import Plan
 from gpu_check.table import table_markdown
 

@@ -1,6 +1,6 @@
 """The generate part's finished shards: all of them, or what a cut run kept (numpy only).
 
-ddpm.generation writes each shard's SHA-256 (shard-NNNNN.sha256), then the shard
+ddpm.sampling.generate writes each shard's SHA-256 (shard-NNNNN.sha256), then the shard
 under a temporary name renamed into place, and manifest.json only after the last
 one. A part cut by its cap leaves no manifest, but every shard file there is whole;
 one whose bytes do not match its recorded hash is damaged and is not scored.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.generation import file_sha256
+from ddpm.sampling.generate import file_sha256
 
 
 def _intact(shard: Path) -> bool:

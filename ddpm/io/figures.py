@@ -1,14 +1,14 @@
 """Saving matplotlib figures: atomically, with bytes that do not change between runs.
 
 Its own module so that the stages which only draw (report, fid, fid_sweep) do
-not import the sampler and model code that ddpm/analysis.py needs.
+not import the sampler and model code that ddpm/evaluation/timestep_loss.py needs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm.atomic import write_atomically
+from ddpm.io.atomic import write_atomically
 
 
 def save_figure(fig, path: Path) -> None:

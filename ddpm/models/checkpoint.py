@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import DiffusionConfig, ModelConfig, build_section
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DataError
+from ddpm.io.atomic import write_atomically, write_json_atomically
 from ddpm.models import build_model
 
 WEIGHTS_FILES = {True: "ema.safetensors", False: "net.safetensors"}  # keyed by use_ema

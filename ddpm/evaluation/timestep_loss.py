@@ -16,16 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import AnalysisConfig
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.likelihood import bits_per_dim_bound, evaluations_per_image
 from ddpm.diffusion.samplers import initial_noise, sample_generators
-from ddpm.figures import save_figure
-from ddpm.progress import progress_bar
+from ddpm.io.atomic import write_atomically, write_json_atomically
+from ddpm.io.figures import save_figure
+from ddpm.io.progress import progress_bar
+from ddpm.models.checkpoint import load_model
 from ddpm.training.data import PreparedImages
 from ddpm.training.system import to_unit_range
-from ddpm.weights import load_model
 
 QUARTERS = ("q1", "q2", "q3", "q4")
 

@@ -1,6 +1,6 @@
 """FID of a run: reference statistics of real images, scores of generated shards, step sweeps.
 
-The network, preprocessing and Fréchet distance are pytorch-fid's (`ddpm.fid`);
+The network, preprocessing and Fréchet distance are pytorch-fid's (`ddpm.metrics.fid`);
 this module only feeds them: real images straight from the prepared PNG shards,
 generated images straight from the uint8 sample shards (no PNG round trip).
 The same features feed the other metrics (`ddpm.metrics`): KID, the FID spread
@@ -17,25 +17,25 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.config import FidConfig, SampleConfig
 from ddpm.diffusion.registry import get_sampler, sampler_nfe
 from ddpm.errors import ConfigError
-from ddpm.fid import (feature_statistics, frechet_distance, inception_features,
-                      load_inception, load_statistics, resolve_weights, save_statistics,
-                      weights_info)
-from ddpm.figures import save_figure
-from ddpm.generation import iter_shards, run_sampler, sampling_net
+from ddpm.io.atomic import write_atomically, write_json_atomically
+from ddpm.io.figures import save_figure
+from ddpm.io.progress import progress_bar
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
+                              load_inception, load_statistics, resolve_weights,
+                              save_statistics, weights_info)
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 from ddpm.metrics.real_features import (SPLITS, features_path, kept_indices,
                                         load_reference_features, memorisation_indices,
                                         save_real_features)
 from ddpm.metrics.resampling import standard_errors
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
-from ddpm.progress import progress_bar
+from ddpm.models.checkpoint import load_model
+from ddpm.sampling.generate import iter_shards, run_sampler, sampling_net
 from ddpm.training.callbacks import to_uint8
 from ddpm.training.data import PreparedImages, read_manifest
-from ddpm.weights import load_model
 
 
 def rebatch(arrays: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddpm.atomic import write_bytes_atomically, write_text_atomically
 from ddpm.errors import DdpmError
-from ddpm.figures import save_figure
+from ddpm.io.atomic import write_bytes_atomically, write_text_atomically
+from ddpm.io.figures import save_figure
 
 # Keys as `dvc exp show` nests them: each metrics file's groups (fid.json's `kid`,
 # analysis/metrics.json's `timestep_loss` and `likelihood`, dvclive's `train`) joined by dots.

@@ -1,6 +1,6 @@
 """`ddpm sample` and `ddpm trajectory`: images from a trained model, outside the pipeline.
 
-They run the generate stage's own code (`ddpm.generation`): image i comes from
+They run the generate stage's own code (`ddpm.sampling.generate`): image i comes from
 noise seeded by (seed, i), so it is the generate stage's image i, byte for byte,
 when the settings and the kind of device (CPU or GPU) are the same.
 """
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.atomic import write_atomically
 from ddpm.config import SampleConfig, build_section
 from ddpm.errors import ConfigError, DdpmError
-from ddpm.generation import Generator, load_generator, write_grid, write_trajectory
-from ddpm.progress import progress_bar
+from ddpm.io.atomic import write_atomically
+from ddpm.io.progress import progress_bar
+from ddpm.sampling.generate import Generator, load_generator, write_grid, write_trajectory
 
 
 def sample_settings(options: dict) -> SampleConfig:

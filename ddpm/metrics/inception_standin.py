@@ -3,7 +3,7 @@
     ***********************************************************************
     *  FIDs computed with stand-in weights compare runs WITH EACH OTHER    *
     *  ONLY. They are NOT FIDs in the sense of Heusel et al. 2017 and must *
-    *  NEVER be put next to published numbers. `ddpm.fid.weights_info`    *
+    *  NEVER be put next to published numbers. `ddpm.metrics.fid.weights_info`    *
     *  reports them as "official": false wherever an FID is written.      *
     ***********************************************************************
 
@@ -40,11 +40,11 @@ from PIL import Image
 from pytorch_fid import inception as pf_inception
 from pytorch_fid.inception import InceptionV3
 
-from ddpm.atomic import write_atomically
 from ddpm.data.demo import draw_face
 from ddpm.data.images import prepare_image
 from ddpm.errors import DdpmError
-from ddpm.fid import FEATURE_DIM, images_to_tensor, inception_features, state_dict_source
+from ddpm.io.atomic import write_atomically
+from ddpm.metrics.fid import FEATURE_DIM, images_to_tensor, inception_features, state_dict_source
 
 CALIBRATION_BATCH = 32
 PROBE_IMAGES = 32

@@ -31,8 +31,8 @@ from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import InceptionV3
 
-from ddpm.atomic import write_atomically, write_json_atomically
 from ddpm.errors import DdpmError
+from ddpm.io.atomic import write_atomically, write_json_atomically
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = pf_inception.FID_WEIGHTS_URL

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddpm.atomic import write_text_atomically
 from ddpm.config import DiffusionConfig, Params
-from ddpm.figures import save_figure
+from ddpm.io.atomic import write_text_atomically
+from ddpm.io.figures import save_figure
 
 
 @dataclass(frozen=True)

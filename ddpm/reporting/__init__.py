@@ -1,0 +1,1 @@
+"""The run's report (`report`) and `ddpm compare` across experiments (`compare`)."""
