@@ -24,7 +24,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.data.prepare import prepare_dataset
-from ddpm.evaluation.sweep import prepared_arrays
+from ddpm.evaluation.reference import prepared_arrays
 from ddpm.sampling.generate import generate, iter_shards
 from ddpm.training.run import train
 

@@ -44,7 +44,7 @@ from PIL import Image
 
 from ddpm.config import DataConfig, Params, load_params
 from ddpm.data.prepare import prepare_dataset
-from ddpm.evaluation.sweep import prepared_arrays, rebatch
+from ddpm.evaluation.reference import prepared_arrays, rebatch
 from ddpm.io.precision import resolve_train
 from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
                               load_inception)

@@ -5,7 +5,7 @@
 #   - training img/s, peak memory, measured train FLOPs/image and MFU of the research
 #     log's #5 UNet at 64 px in bf16 through the train stage's Lightning loop, plain;
 #   - the generate stage: 50,000 DDIM-50 samples at 64 px (bf16, compiled), and their
-#     FID through ddpm.evaluation.sweep (or the FID of the shards a cut generation kept);
+#     FID through ddpm.evaluation.score (or the FID of the shards a cut generation kept);
 #   - diffusers' UNet2DModel laid out the same (scripts/diffusers_peer.py) trained the
 #     same way; the loader alone, per worker count; the training with torch.compile +
 #     channels_last; with several GPUs, DDP training and generation split across them.

@@ -17,7 +17,7 @@ import numpy as np
 import typer
 from PIL import Image, ImageFilter
 
-from ddpm.evaluation.sweep import prepared_arrays, rebatch
+from ddpm.evaluation.reference import prepared_arrays, rebatch
 from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
                               load_inception, load_statistics)
 

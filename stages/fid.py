@@ -7,7 +7,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
-from ddpm.evaluation.sweep import score_samples
+from ddpm.evaluation.score import score_samples
 from ddpm.io.devices import torch_device
 
 

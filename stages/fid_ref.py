@@ -6,7 +6,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
-from ddpm.evaluation.sweep import reference_statistics
+from ddpm.evaluation.reference import reference_statistics
 from ddpm.io.devices import torch_device
 
 

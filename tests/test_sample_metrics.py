@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 import tiny
 from ddpm.config import FidConfig, Params
 from ddpm.data.demo import draw_face
-from ddpm.evaluation import sweep as evaluation
+from ddpm.evaluation import reference, score
 from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import flagged, memorisation, nearest_pixel
@@ -142,7 +142,7 @@ def stub_features(arrays, count, weights, batch_size, device, desc):
     minus right half): no Inception. The last one changes sign with a mirror image, so
     mirrored images have their own features, as with Inception.
 
-    Stands in for `evaluation._features` so the wiring test runs in seconds; FID's
+    Stands in for `reference._features` so the wiring test runs in seconds; FID's
     sqrtm of an 8×8 matrix is instant.
     """
     rows = []
@@ -184,7 +184,7 @@ def scored(tmp_path_factory, standin_inception):
     plus two training copies and a mirrored one, with stub features; then the report."""
     root = tmp_path_factory.mktemp("scored")
     prepared = tiny.prepared(root / "data", n=64)
-    train = np.concatenate(list(evaluation.prepared_arrays(prepared, "train")))
+    train = np.concatenate(list(reference.prepared_arrays(prepared, "train")))
     generated = np.concatenate([demo_faces(500, 517, tiny.IMG), train[:2],   # 20 "samples"
                                 train[5:6, :, ::-1]])
     samples = root / "samples"
@@ -197,14 +197,15 @@ def scored(tmp_path_factory, standin_inception):
     fid = FidConfig(splits=4, kid_subsets=10, kid_subset_size=10, max_real=30,
                     memorisation_train=0)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(evaluation, "_features", stub_features)
-        evaluation.reference_statistics(prepared, root / "fid_ref/stats.npz", split="train",
-                                        weights="", batch_size=8, max_real=fid.max_real,
-                                        memorisation_train=fid.memorisation_train)
-        metrics = evaluation.score_samples(samples, root / "fid_ref/stats.npz",
-                                           root / "metrics/fid.json", fid=fid,
-                                           prepared_dir=prepared,
-                                           figures_dir=root / "memorisation")
+        patch.setattr(reference, "_features", stub_features)
+        patch.setattr(score, "_features", stub_features)   # score.py's own name for it
+        reference.reference_statistics(prepared, root / "fid_ref/stats.npz", split="train",
+                                       weights="", batch_size=8, max_real=fid.max_real,
+                                       memorisation_train=fid.memorisation_train)
+        metrics = score.score_samples(samples, root / "fid_ref/stats.npz",
+                                      root / "metrics/fid.json", fid=fid,
+                                      prepared_dir=prepared,
+                                      figures_dir=root / "memorisation")
     outputs = RunOutputs(prepared=prepared, models=root / "models", live=root / "dvclive",
                          samples=samples, fid=root / "metrics/fid.json",
                          analysis=root / "analysis", memorisation=root / "memorisation")

@@ -75,11 +75,8 @@ CONFIG_NAMES = ("ddpm/config.py imports the sampler and spacing names it validat
 NOT_RUN = {
     "prepare": {"ddpm/diffusion/": CONFIG_NAMES},
     "report": {"ddpm/diffusion/": CONFIG_NAMES},
-    "fid_ref": dict.fromkeys(
-        ["ddpm/diffusion/", "ddpm/models/", "ddpm/metrics/", "ddpm/sampling/",
-         "ddpm/io/precision.py", "ddpm/io/figures.py",
-         "ddpm/training/callbacks.py", "ddpm/training/loggers.py"],
-        "ddpm/evaluation/sweep.py imports it for the fid and fid_sweep stages (see dvc.yaml)"),
+    "fid_ref": {"ddpm/diffusion/": CONFIG_NAMES + "; ddpm/training/data.py imports the "
+                                   "samplers' seeding for the train stage (see dvc.yaml)"},
 }
 
 

@@ -12,7 +12,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 import tiny
 from ddpm.config import SampleConfig
 from ddpm.errors import ConfigError, DdpmError
-from ddpm.evaluation import sweep as evaluation
+import ddpm.evaluation.sweep as sweep_module
 from ddpm.evaluation.sweep import plot_sweep, sweep_label, sweep_points
 from ddpm.metrics.fid import feature_statistics, save_statistics
 from ddpm.metrics.real_features import save_real_features
@@ -55,10 +55,10 @@ def test_plot_has_one_line_per_sampler_and_the_report_shows_the_table(tmp_path):
     plot_sweep(TABLE, tmp_path / "fid_vs_steps.png")
     assert Image.open(tmp_path / "fid_vs_steps.png").size[0] > 300
     with_errors = TABLE.assign(n_reference=300, fid_se_bootstrap=None, fid_se_jackknife=4.5)
-    assert evaluation.sweep_error(with_errors) == ("fid_se_jackknife", "jackknife")
-    assert evaluation.sweep_error(with_errors.assign(fid_se_bootstrap=5.0)) == \
+    assert sweep_module.sweep_error(with_errors) == ("fid_se_jackknife", "jackknife")
+    assert sweep_module.sweep_error(with_errors.assign(fid_se_bootstrap=5.0)) == \
         ("fid_se_bootstrap", "bootstrap")
-    assert evaluation.sweep_error(TABLE) == (None, "")   # a sweep from before the SEs
+    assert sweep_module.sweep_error(TABLE) == (None, "")   # a sweep from before the SEs
     plot_sweep(with_errors, tmp_path / "with_errors.png")
     assert Image.open(tmp_path / "with_errors.png").size[0] > 300
     TABLE.to_csv(tmp_path / "fid_vs_steps.csv", index=False)  # as fid_sweep writes it
@@ -88,12 +88,12 @@ def test_sweep_fids_equal_pytorch_fids_of_the_same_features(tmp_path, monkeypatc
         scored.append(np.concatenate(rows))
         return scored[-1]
 
-    monkeypatch.setattr(evaluation, "load_inception", lambda weights, device: None)
-    monkeypatch.setattr(evaluation, "inception_features", stub_features)
+    monkeypatch.setattr(sweep_module, "load_inception", lambda weights, device: None)
+    monkeypatch.setattr(sweep_module, "inception_features", stub_features)
     sample = SampleConfig(n=10, steps=3, batch_size=4, accelerator="cpu")
-    table = evaluation.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", sample,
-                                 ["ddim", "unipc"], [2, 3], 10, weights="stub", batch_size=4,
-                                 bootstrap=20)
+    table = sweep_module.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", sample,
+                                   ["ddim", "unipc"], [2, 3], 10, weights="stub", batch_size=4,
+                                   bootstrap=20)
     assert len(table) == len(scored) == 4
     for fid, features in zip(table["fid"], scored):
         theirs = calculate_frechet_distance(*feature_statistics(features), mu_r, sigma_r)
@@ -135,11 +135,11 @@ def test_sweep_without_matching_reference_features_stops_before_sampling(tmp_pat
     save_statistics(tmp_path / "ref.npz", mu, sigma, {"n": 10, "split": "train"})
     with pytest.raises(DdpmError, match=r"20 reference features but ref\.json says μ, Σ are "
                                         r"of 10; rerun the fid_ref stage"):
-        evaluation.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=4, **sweep)
+        sweep_module.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=4, **sweep)
     (tmp_path / "features.npz").unlink()
     with pytest.raises(DdpmError, match="reference features not found"):
-        evaluation.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=4, **sweep)
+        sweep_module.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=4, **sweep)
     write_reference(tmp_path / "ref.npz", reference)
     with pytest.raises(ConfigError, match="need at least 3 samples"):
-        evaluation.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=2, **sweep)
+        sweep_module.fid_sweep(models, tmp_path / "ref.npz", tmp_path / "sweep", n=2, **sweep)
     assert not (tmp_path / "sweep").exists()

@@ -16,7 +16,7 @@ plan and the work folder and returns its figures; the runner records them.
             plain run's EMA weights (shards, per-index seeds), bf16 + compile;
             and split over every GPU when there are several
   fid       FID of those samples (all, or the shards a cut generation kept)
-            against fid_ref's statistics through ddpm.evaluation.sweep (Inception on
+            against fid_ref's statistics through ddpm.evaluation.score (Inception on
             the device), then the fid stage's other metrics on them
   loader    the training input path alone: uint8 batches through the loader
             (pinned) to the device, per worker count
@@ -41,7 +41,7 @@ from ddpm.data.prepare import prepare_dataset
 from ddpm.diffusion.forward import training_loss
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
-from ddpm.evaluation.sweep import generated_fid
+from ddpm.evaluation.score import generated_fid
 from ddpm.io.atomic import write_text_atomically
 from ddpm.io.devices import torch_device
 from ddpm.metrics.fid import weights_info
@@ -287,7 +287,7 @@ def part_fid_ref(plan: Plan, work: Path) -> dict:
 
 
 def part_fid(plan: Plan, work: Path) -> dict:
-    """FID of the generated samples (ddpm.evaluation.sweep, as the fid stage), then its other
+    """FID of the generated samples (ddpm.evaluation.score, as the fid stage), then its other
     metrics. Scores what generate finished: every shard, or those a cut run kept."""
     paths = work_paths(work)
     fid = load_params(write_params(plan, work, 1)).fid

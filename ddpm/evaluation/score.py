@@ -1,0 +1,60 @@
+"""The fid stage: FID of the generated shards against fid_ref's statistics, and the
+other sample metrics (`ddpm.metrics.sample_scores`).
+
+Generated images go to Inception straight from the uint8 sample shards (no PNG round
+trip), through the same feature extraction as the real ones (`reference._features`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ddpm.config import FidConfig
+from ddpm.diffusion.registry import get_sampler
+from ddpm.evaluation.reference import _features
+from ddpm.io.atomic import write_json_atomically
+from ddpm.metrics.fid import (feature_statistics, frechet_distance, load_statistics,
+                              resolve_weights, weights_info)
+from ddpm.metrics.sample_scores import check_inputs, sample_metrics
+from ddpm.sampling.generate import iter_shards
+
+
+def generated_fid(shards: Sequence[np.ndarray], n: int, ref_npz: str | Path, fid: FidConfig,
+                  device="cpu") -> tuple[float, np.ndarray]:
+    """(FID, Inception features [n, 2048]) of the generated images `shards` (uint8
+    [k, H, W, 3] arrays, n images in all) against the reference statistics."""
+    features = _features(iter(shards), n, fid.weights, fid.batch_size, device, "FID generated")
+    return frechet_distance(*feature_statistics(features), *load_statistics(ref_npz)), features
+
+
+def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
+                  fid: FidConfig, prepared_dir: str | Path, figures_dir: str | Path,
+                  device="cpu") -> dict:
+    """FID of the generated shards against the reference statistics, and the other
+    sample metrics (`sample_metrics`) → metrics JSON (+ memorisation figures)."""
+    samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
+    samples = json.loads((samples_dir / "manifest.json").read_text())
+    reference, _ = check_inputs(ref_npz, samples["n"], fid)  # fail before Inception runs
+    shards = list(iter_shards(samples_dir))  # read once: Inception and the pixel metrics
+    fid_value, features = generated_fid(shards, samples["n"], ref_npz, fid, device)
+    pixels = np.concatenate(shards)
+    more = sample_metrics(features, pixels, ref_npz, Path(prepared_dir), Path(figures_dir),
+                          fid, device)
+    inception = weights_info(resolve_weights(fid.weights))
+    sample = samples["sample"]
+    reads = set(get_sampler(sample["sampler"]).options.values())  # settings it uses
+    metrics = {"fid": round(fid_value, 4), "n_generated": samples["n"],
+               "n_reference": reference["n"],
+               "reference_split": reference["split"], "sampler": sample["sampler"],
+               "steps": sample["steps"] if "steps" in reads else None,
+               "eta": sample["eta"] if "eta" in reads else None,
+               "nfe": samples.get("nfe"),
+               "use_ema": sample["use_ema"], "precision": sample.get("precision"),
+               "inception_official": inception["official"],
+               "inception_sha256": inception["sha256"], **more}
+    write_json_atomically(out_json, metrics)
+    return metrics
