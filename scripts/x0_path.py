@@ -19,8 +19,8 @@ import typer
 
 from ddpm.diffusion.forward import predict_x0_and_eps
 from ddpm.diffusion.samplers import ddim_sample, ddpm_sample, initial_noise, sample_generators
+from ddpm.io.images import to_uint8
 from ddpm.models.checkpoint import load_model
-from ddpm.training.callbacks import to_uint8
 
 
 class X0Recorder(torch.nn.Module):

@@ -69,7 +69,7 @@ def one_update(prepared, batch_size, accumulate):
 def test_batch_8_times_accumulate_4_equals_batch_32(tmp_path):
     # 32 training images: one batch of 32, or four micro-batches of 8 covering the same 32.
     prepared = tiny.prepared(tmp_path / "data", n=35)   # 35 demo keys: 32 train + 3 holdout
-    from ddpm.training.data import PreparedImages
+    from ddpm.data.prepared import PreparedImages
     assert len(PreparedImages(prepared, "train")) == 32
     b0, g32, p32, ema32 = one_update(prepared, 32, 1)
     b1, g8, p8, ema8 = one_update(prepared, 8, 4)

@@ -15,12 +15,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ddpm.data.prepared import PreparedImages, read_manifest
 from ddpm.io.progress import progress_bar
 from ddpm.metrics.fid import (feature_statistics, inception_features, load_inception,
                               resolve_weights, save_statistics, weights_info)
 from ddpm.metrics.real_features import (SPLITS, features_path, kept_indices,
                                         memorisation_indices, save_real_features)
-from ddpm.training.data import PreparedImages, read_manifest
 
 
 def rebatch(arrays: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

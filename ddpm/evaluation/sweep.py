@@ -20,6 +20,7 @@ from ddpm.errors import ConfigError
 from ddpm.evaluation.reference import rebatch
 from ddpm.io.atomic import write_atomically
 from ddpm.io.figures import save_figure
+from ddpm.io.images import to_uint8
 from ddpm.io.progress import progress_bar
 from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
@@ -27,7 +28,6 @@ from ddpm.metrics.real_features import load_reference_features
 from ddpm.metrics.resampling import standard_errors
 from ddpm.models.checkpoint import load_model
 from ddpm.sampling.generate import run_sampler, sampling_net
-from ddpm.training.callbacks import to_uint8
 
 
 def sweep_points(samplers: Sequence[str], steps_list: Sequence[int],

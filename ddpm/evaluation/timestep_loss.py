@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ddpm.config import AnalysisConfig
+from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.likelihood import bits_per_dim_bound, evaluations_per_image
 from ddpm.diffusion.samplers import initial_noise, sample_generators
@@ -24,7 +25,6 @@ from ddpm.io.atomic import write_atomically, write_json_atomically
 from ddpm.io.figures import save_figure
 from ddpm.io.progress import progress_bar
 from ddpm.models.checkpoint import load_model
-from ddpm.training.data import PreparedImages
 from ddpm.training.system import to_unit_range
 
 QUARTERS = ("q1", "q2", "q3", "q4")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ddpm.config import FidConfig
+from ddpm.data.prepared import PreparedImages, read_manifest
 from ddpm.errors import DdpmError
 from ddpm.io.atomic import write_atomically
 from ddpm.metrics.fid import load_statistics
@@ -27,7 +28,6 @@ from ddpm.metrics.precision_recall import PR_K, precision_recall_equal_n
 from ddpm.metrics.real_features import SPLITS, features_path, load_real_features
 from ddpm.metrics.resampling import standard_errors
 from ddpm.metrics.swd import sliced_wasserstein_distance
-from ddpm.training.data import PreparedImages, read_manifest
 
 # Where each split's images for the pixel distances are: the training images the
 # memorisation check searches, the holdout images fid_ref kept (its baseline).

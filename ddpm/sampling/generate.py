@@ -40,11 +40,11 @@ from ddpm.config import SampleConfig, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.io.atomic import write_atomically, write_json_atomically, write_text_atomically
+from ddpm.io.images import grid_image, to_uint8
 from ddpm.io.precision import resolve_sample
 from ddpm.io.progress import progress_bar
 from ddpm.models.checkpoint import WEIGHTS_FILES, load_model
 from ddpm.models.compiling import CompiledNet
-from ddpm.training.callbacks import grid_image, to_uint8
 
 GRID_SIZE = 64
 TRAJECTORY_SEEDS = 4

@@ -8,25 +8,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import make_grid
-from PIL import Image
 
 from ddpm.config import SampleConfig
 from ddpm.diffusion.registry import sample_images
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.io.images import grid_image, to_uint8
 from ddpm.io.progress import EVERY_S, progress_line
 from ddpm.training.loggers import log_image
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float → uint8 [0, 255] (rounded, clamped)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def grid_image(images_uint8: torch.Tensor, nrow: int) -> Image.Image:
-    """uint8 [B, 3, H, W] → one PIL grid image with 2-px gaps."""
-    grid = make_grid(images_uint8, nrow=nrow, padding=2, pad_value=255)  # [3, H', W']
-    return Image.fromarray(grid.permute(1, 2, 0).cpu().numpy())
 
 
 class ResumeCheckpoint(L.Callback):

@@ -27,13 +27,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.config import Params, TrainConfig, to_dict
+from ddpm.data.prepared import read_manifest
 from ddpm.errors import DataError
 from ddpm.io.devices import check_accelerator, torch_device
 from ddpm.io.precision import resolve_train
 from ddpm.io.progress import interactive
 from ddpm.models.checkpoint import save_model
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
-from ddpm.training.data import FaceDataModule, read_manifest
+from ddpm.training.data import FaceDataModule
 from ddpm.training.loggers import build_loggers, log_final, require_mlflow
 from ddpm.training.system import DiffusionSystem
 
@@ -60,7 +61,8 @@ NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
 
 # The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
 # deps), and must also start training afresh rather than resume the old run.
-TRAINING_CODE = ("config.py", "io/precision.py", "models", "diffusion", "training")
+TRAINING_CODE = ("config.py", "io/precision.py", "data/prepared.py", "models", "diffusion",
+                 "training")
 
 
 def code_sha256() -> str:
