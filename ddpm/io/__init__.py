@@ -1,1 +1,1 @@
-"""How the program meets files, screens and hardware (atomic writes, figures, progress, devices)."""
+"""How the program meets files, screens and hardware: writes, figures, images, progress, devices."""
