@@ -10,10 +10,12 @@ from pathlib import Path
 
 import typer
 
-from ddpm.config import DataConfig, ModelConfig, SampleConfig
+from ddpm.data.config import DataConfig
 from ddpm.diffusion.registry import SAMPLER_NAMES
 from ddpm.diffusion.samplers import SPACINGS
 from ddpm.errors import one_line_errors
+from ddpm.models.config import ModelConfig
+from ddpm.sampling.config import SampleConfig
 
 app = typer.Typer(help="Denoising diffusion models on face images: prepare data, train, "
                        "sample and evaluate.", no_args_is_help=True, add_completion=False)

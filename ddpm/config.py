@@ -1,9 +1,19 @@
-"""Typed, frozen configuration: one dataclass per `params.yaml` section.
+"""The parsing machinery for `params.yaml`: field helpers, validation, the loader.
 
-Validated once, at the edge (`load_params`): an unknown key, a wrong type or an
+Each section's frozen dataclass lives in the package that owns it, in a module
+named config.py (ddpm/data/config.py holds `DataConfig`, ddpm/sampling/config.py
+`SampleConfig`, ...; ddpm/reporting/config.py `Params`, all of them). A stage
+loads only the sections it reads (`load_params(path, data=DataConfig, ...)`), so
+DVC, which hashes every file a stage imports, never re-runs a stage for a default
+in a section it does not load. This module imports nothing from ddpm but
+ddpm.errors: every stage imports it (tests/test_stage_deps.py).
+
+Validated once, at the edge: an unknown section or key, a wrong type or an
 out-of-range value raises `ConfigError` with one line naming the key, the bad
-value and what is allowed. Below this module, code receives explicit, already
-valid values and never re-reads `params.yaml`.
+value and what is allowed. A rule on one section sits in that section's
+`__post_init__`; a rule across sections in its `check_sections` method, which
+the loader calls with the other sections it loaded. Below this module, code
+receives explicit, already valid values and never re-reads `params.yaml`.
 """
 
 from __future__ import annotations
@@ -12,19 +22,21 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from ddpm.diffusion.registry import SAMPLER_NAMES
-from ddpm.diffusion.samplers import SPACINGS
 from ddpm.errors import ConfigError
 
+# The sections params.yaml may hold, in its order (ddpm/reporting/config.py's `Params`
+# has one field each). Plain names, so that knowing them imports no section's code.
+SECTIONS = ("data", "model", "diffusion", "train", "sample", "fid", "analysis", "report")
 
-def _bounded(default: Any, *, ge: float | None = None, le: float | None = None,
-             gt: float | None = None, lt: float | None = None) -> Any:
+
+def bounded(default: Any, *, ge: float | None = None, le: float | None = None,
+            gt: float | None = None, lt: float | None = None) -> Any:
     """A dataclass field whose numeric value must lie in the given bounds."""
     bounds = {k: v for k, v in dict(ge=ge, le=le, gt=gt, lt=lt).items() if v is not None}
     if isinstance(default, list):
@@ -32,150 +44,9 @@ def _bounded(default: Any, *, ge: float | None = None, le: float | None = None,
     return field(default=default, metadata={"bounds": bounds})
 
 
-def _list(default: list) -> Any:
+def listed(default: list) -> Any:
+    """A dataclass field holding a list (each instance gets its own copy of `default`)."""
     return field(default_factory=lambda: [list(x) if isinstance(x, list) else x for x in default])
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "demo"
-    crop: Literal["celeba", "center", "none"] = "center"
-    demo_size: int = _bounded(1000, ge=1)
-    seed: int = 0
-    holdout_fraction: float = _bounded(0.1, gt=0.0, lt=1.0)
-    min_size: int = _bounded(16, ge=1)
-    shard_size: int = _bounded(4096, ge=1)
-    workers: int = _bounded(0, ge=0)
-    image_column: str = ""
-    identity_file: str = ""
-    partition_file: str = ""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: Literal["unet", "unetpp", "dit"] = "unet"
-    img_size: int = _bounded(32, ge=8)
-    channels: list[int] = _bounded([24, 48, 96], ge=1)
-    down_attn: list[bool] = _list([False, False])
-    down_channel_indices: list[list[int]] = _list([[0, 0], [0, 1]])
-    mid_attn: list[bool] = _list([True, False])
-    mid_channel_indices: list[list[int]] = _list([[1, 2], [2, 1]])
-    up_attn: list[bool] = _list([True])
-    up_channel_indices: list[list[int]] = _list([[1, 0]])
-    num_res_blocks: int = _bounded(1, ge=1)
-    num_heads: int = _bounded(4, ge=1)
-    norm_groups: int = _bounded(8, ge=1)
-    dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
-    attn_dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
-    dropout_kind: Literal["element", "channel"] = "element"
-    time_injection: Literal["add", "scale_shift"] = "scale_shift"
-    zero_init: bool = True
-    patch_size: int = _bounded(4, ge=1)
-    dit_size: Literal["custom", "S", "B", "L"] = "custom"
-    depth: int = _bounded(6, ge=1)
-    hidden_size: int = _bounded(192, ge=8)
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"
-    timesteps: int = _bounded(1000, ge=2)
-    prediction: Literal["eps", "v", "x0"] = "v"
-    loss_weighting: Literal["none", "min_snr"] = "min_snr"
-    min_snr_gamma: float = _bounded(5.0, gt=0.0)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = _bounded(600, ge=1)
-    batch_size: int = _bounded(32, ge=1)
-    accumulate_grad_batches: int = _bounded(1, ge=1)
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # ddpm/io/precision.py
-    lr: float = _bounded(1e-3, gt=0.0)
-    warmup_steps: int = _bounded(100, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    weight_decay: float = _bounded(0.0, ge=0.0)
-    grad_clip: float = _bounded(1.0, ge=0.0)
-    ema_decay: float = _bounded(0.999, ge=0.0, lt=1.0)
-    seed: int = 0
-    hflip: bool = True
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = _bounded(1, ge=1)
-    num_nodes: int = _bounded(1, ge=1)
-    strategy: Literal["auto", "ddp"] = "auto"
-    compile: bool = False
-    channels_last: Literal["auto", True, False] = "auto"  # ddpm/io/precision.py
-    num_workers: int = _bounded(0, ge=0)
-    val_every: int = _bounded(200, ge=1)
-    val_images: int = _bounded(64, ge=1)
-    sample_every: int = _bounded(200, ge=1)
-    checkpoint_every: int = _bounded(200, ge=1)
-    loggers: list[Literal["dvclive", "mlflow"]] = _list(["dvclive"])
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    n: int = _bounded(200, ge=1)
-    sampler: Literal[SAMPLER_NAMES] = "unipc"  # the sampler registry's names
-    steps: int = _bounded(10, ge=1)
-    eta: float = _bounded(0.0, ge=0.0)
-    spacing: Literal[SPACINGS] = "trailing"
-    solver_spacing: Literal[SPACINGS] = "trailing"
-    variance: Literal["small", "large"] = "small"
-    clip_x0: bool = True
-    batch_size: int = _bounded(100, ge=1)
-    shard_size: int = _bounded(1000, ge=1)
-    seed: int = 0
-    use_ema: bool = True
-    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"  # ddpm/io/precision.py
-    compile: Literal["none", "default", "reduce-overhead"] = "none"
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = _bounded(1, ge=1)
-    num_nodes: int = _bounded(1, ge=1)
-    sweep_samplers: list[Literal[SAMPLER_NAMES]] = _list(["ddim", "unipc"])
-    sweep_steps: list[int] = _bounded([5, 10, 20], ge=1)
-    sweep_n: int = _bounded(50, ge=2)
-
-
-@dataclass(frozen=True)
-class FidConfig:
-    ref_split: Literal["train", "holdout"] = "train"
-    batch_size: int = _bounded(50, ge=1)
-    weights: str = ""
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # where Inception runs
-    splits: int = _bounded(4, ge=2)             # FID of this many disjoint sample blocks: ± sd
-    kid_subsets: int = _bounded(100, ge=1)      # KID: random subsets averaged (± std over them)
-    kid_subset_size: int = _bounded(100, ge=2)  # KID: images per subset, capped at each side's N
-    bootstrap: int = _bounded(50, ge=0)         # bootstrap draws for the FID/KID standard errors; 0 = off (never 1)
-    max_real: int = _bounded(300, ge=2)         # real images per split Inception sees (FID ref, KID, P/R, memorisation)
-    memorisation_train: int = _bounded(300, ge=0)  # training images (+ their flips) memorisation searches; 0 = all
-
-
-@dataclass(frozen=True)
-class AnalysisConfig:
-    t_points: int = _bounded(100, ge=1)
-    n_images: int = _bounded(32, ge=1)
-    seed: int = 0
-    nll_images: int = _bounded(32, ge=2)       # bits/dim bound: holdout images (>= 2: an se)
-    nll_exact_below: int = _bounded(50, ge=1)  # timesteps 0..this−1 exact (0: the decoder)
-    nll_strata: int = _bounded(50, ge=1)       # one timestep drawn per stratum above them
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    title: str = "DDPM experiment report"
-
-
-@dataclass(frozen=True)
-class Params:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    fid: FidConfig = field(default_factory=FidConfig)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # ---------------------------------------------------------------- validation
@@ -271,43 +142,48 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     return cls(**kwargs)
 
 
-def params_from_dict(raw: Any) -> Params:
-    """Validate a parsed `params.yaml` mapping into `Params`."""
+class Sections(types.SimpleNamespace):
+    """The sections a caller loaded, as read-only attributes (`sections.train.lr`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+def sections_from_dict(raw: Any, **sections: type) -> Sections:
+    """Validate the `sections` (name=dataclass) of a parsed `params.yaml` mapping.
+
+    The file's section names are all checked; keys and values only in the sections
+    asked for. A section missing from the file takes its defaults. Once all are built,
+    each one's `check_sections(loaded)` (when it has one) runs its rules across sections,
+    in `SECTIONS` order.
+    """
+    asked = sorted(set(sections) - set(SECTIONS))
+    if asked:
+        raise TypeError(f"not params.yaml sections: {', '.join(asked)}")
     if not isinstance(raw, dict):
         raise ConfigError("params: the file must hold a mapping of sections")
-    sections = {f.name: f for f in dataclasses.fields(Params)}
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; allowed sections are "
-                          + ", ".join(sections))
-    hints = typing.get_type_hints(Params)
-    params = Params(**{name: build_section(hints[name], raw.get(name), name)
-                       for name in sections})
-    _check_steps_within_timesteps(params)
-    if params.fid.bootstrap == 1:
-        raise ConfigError("fid.bootstrap = 1: one draw has no spread; use 0 (off) or >= 2 "
-                          "(e.g. 50)")
-    if "dvclive" not in params.train.loggers:
-        raise ConfigError(f"train.loggers = {params.train.loggers!r}: must include dvclive (the "
-                          "pipeline's metrics and report are read from its files); add mlflow "
-                          "beside it, e.g. [dvclive, mlflow]")
-    return params
+                          + ", ".join(SECTIONS))
+    names = [name for name in SECTIONS if name in sections]
+    loaded = {name: build_section(sections[name], raw.get(name), name) for name in names}
+    for name in names:
+        check = getattr(loaded[name], "check_sections", None)
+        if check is not None:
+            check(loaded)
+    return Sections(**loaded)
 
 
-def _check_steps_within_timesteps(params: Params) -> None:
-    """Sampler step counts must not exceed T: caught when params load, not after training."""
-    sample, timesteps = params.sample, params.diffusion.timesteps
-    checks = [("sample.sweep_steps", sample.sweep_steps, max(sample.sweep_steps, default=0))]
-    if sample.sampler != "ddpm":  # ancestral DDPM runs all T steps and ignores sample.steps
-        checks.insert(0, ("sample.steps", sample.steps, sample.steps))
-    for key, value, steps in checks:
-        if steps > timesteps:
-            raise ConfigError(f"{key} = {value!r}: must be <= diffusion.timesteps ({timesteps}); "
-                              f"lower {key} or raise diffusion.timesteps")
+def load_params(path: str | Path, **sections: type) -> Sections:
+    """Read a `params.yaml` file and validate the `sections` asked for (name=dataclass).
 
-
-def load_params(path: str | Path) -> Params:
-    """Read and validate a `params.yaml` file."""
+    `load_params("params.yaml", model=ModelConfig, train=TrainConfig).train.lr`; every
+    section at once: `ddpm.reporting.config.load_all`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the repository root "
@@ -317,7 +193,7 @@ def load_params(path: str | Path) -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}: "
                           f"{str(err).splitlines()[0]})") from None
-    return params_from_dict(raw or {})
+    return sections_from_dict(raw or {}, **sections)
 
 
 def to_dict(config: Any) -> dict:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm.config import ModelConfig
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.dit import DIT_PRESETS
 from ddpm.models.log_layouts import LOG9 as LOG9_EXACT, LOG_RES_BLOCKS
+from ddpm.models.registry import build_model
 
 IMG = 64
 LOG9 = dict(LOG9_EXACT, num_res_blocks=LOG_RES_BLOCKS)

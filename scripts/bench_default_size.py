@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ddpm.config import load_params
 from ddpm.data.prepare import prepare_dataset
 from ddpm.evaluation.reference import prepared_arrays
+from ddpm.reporting.config import load_all
 from ddpm.sampling.generate import generate, iter_shards
 from ddpm.training.run import train
 
@@ -38,7 +38,7 @@ def hf_energy(images: np.ndarray) -> float:
 def main(variants: list[str], out: Path = Path("/tmp/sizing"), n: int = 200,
          samplers: str = "unipc:10:logsnr,unipc:10:trailing",
          params_file: Path = Path("params.yaml")) -> None:
-    base = load_params(params_file)
+    base = load_all(params_file)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

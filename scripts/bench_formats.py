@@ -15,8 +15,8 @@ import time
 import torch
 import typer
 
-from ddpm.config import ModelConfig
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
+from ddpm.models.registry import build_model
 
 VARIANTS = {"float32": (False, False), "channels-last": (True, False),
             "bf16 autocast": (False, True), "bf16 + channels-last": (True, True)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from ddpm.config import DataConfig
+from ddpm.data.config import DataConfig
 from ddpm.data.images import prepare_image
 from ddpm.data.prepare import prepare_dataset
 from ddpm.data.sources import folder_source

@@ -42,12 +42,13 @@ import torch
 import typer
 from PIL import Image
 
-from ddpm.config import DataConfig, Params, load_params
+from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset
 from ddpm.evaluation.reference import prepared_arrays, rebatch
 from ddpm.io.precision import resolve_train
 from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
                               load_inception)
+from ddpm.reporting.config import Params, load_all
 from ddpm.sampling.generate import generate, iter_shards
 from ddpm.training.run import train
 
@@ -76,7 +77,7 @@ def step_rates(params: Params, img_size: int, batch: int, windows: int = 5,
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
     from ddpm.diffusion import NoiseSchedule, training_loss
-    from ddpm.models import build_model
+    from ddpm.models.registry import build_model
 
     params = replace(params, train=resolve_train(params.train, "cpu")[0])
     bf16 = params.train.precision == "bf16-mixed"
@@ -175,7 +176,7 @@ def main(faces: Path = typer.Argument(..., help="folder of real face images (Cel
         ref_features = inception_features(rebatch(prepared_arrays(prepared, "holdout"), 50),
                                           inception)
         reference = feature_statistics(ref_features)
-        defaults = load_params(params_file)
+        defaults = load_all(params_file)
         params = replace(
             # [32, 64, 128]: 0.78 M parameters, within 10% of the peer's 0.72 M (the
             # demo's default since 2026-12-06 is the smaller [24, 48, 96], 0.44 M).

@@ -22,11 +22,12 @@ import torch
 import typer
 from PIL import Image
 
-from ddpm.config import ModelConfig, SampleConfig
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.metrics.fid import (feature_statistics, frechet_distance, inception_features,
                               load_inception)
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
+from ddpm.models.registry import build_model
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import run_sampler
 
 

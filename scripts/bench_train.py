@@ -17,9 +17,9 @@ import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_formats import train_step  # scripts/ is on the path when run as a script
-from ddpm.config import ModelConfig
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, SMALL_CHANNELS, WIDE_CHANNELS
+from ddpm.models.registry import build_model
 
 LOG9 = dict(LOG9_LISTS, num_res_blocks=LOG_RES_BLOCKS)
 LAYOUTS = {

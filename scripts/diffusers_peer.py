@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddpm.config import ModelConfig
+from ddpm.models.config import ModelConfig
 
 
 def peer_layout(config: ModelConfig) -> dict:

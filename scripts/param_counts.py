@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ddpm.config import ModelConfig
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.log_layouts import (LOG9_LISTS as LOG9_LISTS_EXACT, LOG_RES_BLOCKS,
                                      SMALL_CHANNELS, WIDE_CHANNELS)
+from ddpm.models.registry import build_model
 
 LOG9_LISTS = dict(LOG9_LISTS_EXACT, num_res_blocks=LOG_RES_BLOCKS)
 

@@ -7,6 +7,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
+from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.score import score_samples
 from ddpm.io.devices import torch_device
 
@@ -19,7 +20,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          figures: Path = typer.Option(Path("memorisation"), help="Memorisation figures."),
          out: Path = typer.Option(Path("metrics/fid.json"), help="Output metrics.")) -> None:
     """Sample metrics of samples/ against the reference (pytorch-fid's FID and network)."""
-    fid = load_params(params).fid
+    fid = load_params(params, fid=FidConfig).fid
     device = torch_device("fid", fid.accelerator)
     m = score_samples(samples, ref, out, fid=fid, prepared_dir=data, figures_dir=figures,
                       device=device)

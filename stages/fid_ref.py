@@ -6,6 +6,7 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
+from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.reference import reference_statistics
 from ddpm.io.devices import torch_device
 
@@ -17,7 +18,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     """μ and Σ of the 2048-d Inception pool features of fid.ref_split (pytorch-fid's .npz),
     and the features of up to fid.max_real images per split and of the memorisation check's
     fid.memorisation_train training images and their mirror images (features.npz beside it)."""
-    fid = load_params(params).fid
+    fid = load_params(params, fid=FidConfig).fid
     device = torch_device("fid", fid.accelerator)
     meta = reference_statistics(data, out, split=fid.ref_split, weights=fid.weights,
                                 batch_size=fid.batch_size, max_real=fid.max_real,

@@ -6,9 +6,12 @@ from pathlib import Path
 import typer
 
 from ddpm.config import load_params
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.errors import one_line_errors
+from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.sweep import fid_sweep
 from ddpm.io.devices import torch_device
+from ddpm.sampling.config import SampleConfig
 
 
 @one_line_errors
@@ -17,7 +20,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
          out: Path = typer.Option(Path("sweep"), help="Output folder.")) -> None:
     """sample.sweep_n samples per sampler and step count, each scored by FID."""
-    config = load_params(params)
+    # diffusion only to refuse sample.sweep_steps beyond T at once (models/ holds the model's T).
+    config = load_params(params, diffusion=DiffusionConfig, sample=SampleConfig, fid=FidConfig)
     # Sampling and Inception on one device: fid.accelerator's.
     device = torch_device("fid", config.fid.accelerator)
     sample = config.sample

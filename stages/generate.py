@@ -10,8 +10,10 @@ import typer
 from lightning.fabric import Fabric
 
 from ddpm.config import load_params
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.errors import one_line_errors
 from ddpm.io.devices import check_accelerator
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import generate
 
 
@@ -20,7 +22,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
          models: Path = typer.Option(Path("models"), help="Trained model folder."),
          out: Path = typer.Option(Path("samples"), help="Output folder.")) -> None:
     """Generate sample.n images with the configured sampler."""
-    sample = load_params(params).sample
+    # diffusion only to refuse sample.steps beyond T at once (models/ has the model's T).
+    sample = load_params(params, diffusion=DiffusionConfig, sample=SampleConfig).sample
     check_accelerator("sample", sample.accelerator, sample.devices)
     parallel = sample.devices * sample.num_nodes > 1
     fabric = Fabric(accelerator=sample.accelerator, devices=sample.devices,

@@ -5,15 +5,17 @@ from pathlib import Path
 import typer
 
 from ddpm.config import load_params
+from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset, summary
 from ddpm.errors import one_line_errors
+from ddpm.models.config import ModelConfig
 
 
 @one_line_errors
 def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
          out: Path = typer.Option(Path("data/prepared"), help="Output folder.")) -> None:
     """Prepare the data set named by data.source for training."""
-    config = load_params(params)
+    config = load_params(params, data=DataConfig, model=ModelConfig)
     manifest = prepare_dataset(config.data, config.model.img_size, out)
     print(summary(manifest, out))
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import typer
 
-from ddpm.config import load_params
 from ddpm.errors import one_line_errors
+from ddpm.reporting.config import load_all
 from ddpm.reporting.report import RunOutputs, build_report
 
 
@@ -19,7 +19,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
                          fid=Path("metrics/fid.json"), analysis=Path("analysis"),
                          sweep=Path("sweep"), memorisation=Path("memorisation"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_report(load_params(params), outputs, out)
+    build_report(load_all(params), outputs, out)
     print(f"report: {out}")
 
 

@@ -8,7 +8,9 @@ import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
+from ddpm.evaluation.config import AnalysisConfig
 from ddpm.evaluation.timestep_loss import analyse
+from ddpm.sampling.config import SampleConfig
 
 
 @one_line_errors
@@ -19,7 +21,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     """Per-pixel MSE of the trained EMA model at a fixed grid of timesteps, and an upper
     bound on its holdout NLL (bits/dim) for the DDPM reverse process of sample.variance
     and sample.clip_x0."""
-    config = load_params(params)
+    config = load_params(params, sample=SampleConfig, analysis=AnalysisConfig)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metrics = analyse(models, data, out, config.analysis, device,
                       variance=config.sample.variance, clip_x0=config.sample.clip_x0)

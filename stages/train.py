@@ -6,7 +6,10 @@ from pathlib import Path
 import typer
 
 from ddpm.config import load_params
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.errors import one_line_errors
+from ddpm.models.config import ModelConfig
+from ddpm.training.config import TrainConfig
 from ddpm.training.run import train
 
 
@@ -20,7 +23,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
                                                           "with mlflow, no MLFLOW_TRACKING_URI).")
          ) -> None:
     """Train the diffusion model, resuming from state/train when its params match."""
-    train(load_params(params), data, models, state, live, mlruns_dir=mlruns)
+    sections = load_params(params, model=ModelConfig, diffusion=DiffusionConfig, train=TrainConfig)
+    train(sections, data, models, state, live, mlruns_dir=mlruns)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import tiny
 from ddpm.cli import app
-from ddpm.config import SampleConfig
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import generate, iter_shards
 
 # Few images and steps: the test is about which noise image i gets, not quality.

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 import tiny
-from ddpm.config import ConfigError, SampleConfig, load_params, params_from_dict
+from ddpm.config import SECTIONS, ConfigError, Sections, load_params, sections_from_dict
+from ddpm.data.config import DataConfig
+from ddpm.diffusion.config import DiffusionConfig
+from ddpm.evaluation.config import FidConfig
+from ddpm.models.config import ModelConfig
+from ddpm.reporting.config import Params, ReportConfig, load_all, params_from_dict
+from ddpm.sampling.config import SampleConfig
+from ddpm.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,14 +53,14 @@ def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
 def test_invalid_yaml_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_params(tmp_path / "params.yaml")
+        load_params(tmp_path / "params.yaml", train=TrainConfig)
 
 
 @pytest.mark.parametrize("text, value", [("2e-4", 2e-4), ("1e3", 1000.0), (" 3E-5 ", 3e-5)])
 def test_float_keys_accept_numbers_yaml_reads_as_text(tmp_path, text, value):
     # PyYAML reads 2e-4 (no dot) as the string '2e-4'; people write learning rates that way.
     (tmp_path / "params.yaml").write_text(f"train:\n  lr: {text}\n")
-    params = load_params(tmp_path / "params.yaml")
+    params = load_params(tmp_path / "params.yaml", train=TrainConfig)
     assert params.train.lr == value and isinstance(params.train.lr, float)
 
 
@@ -71,15 +78,19 @@ def test_text_that_is_not_a_finite_number_is_still_refused(raw, message):
 
 DEFAULT_STEPS = SampleConfig().steps
 SMALL_T = DEFAULT_STEPS - 1  # a T that refuses the default steps
+PREVIEW_FITS = {"preview_steps": 5}  # train.preview_steps within SMALL_T: the sample rule speaks
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"diffusion": {"timesteps": SMALL_T}},
+    ({"diffusion": {"timesteps": SMALL_T}, "train": PREVIEW_FITS},
      f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps ({SMALL_T}); lower sample.steps or raise "
      "diffusion.timesteps"),
     ({"diffusion": {"timesteps": 15}, "sample": {"steps": 15}},
      "sample.sweep_steps = [5, 10, 20]: must be <= diffusion.timesteps (15); lower "
      "sample.sweep_steps or raise diffusion.timesteps"),
+    ({"diffusion": {"timesteps": SMALL_T}},
+     f"train.preview_steps = {TrainConfig().preview_steps}: must be <= diffusion.timesteps "
+     f"({SMALL_T}); lower train.preview_steps or raise diffusion.timesteps"),
 ])
 def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):
     with pytest.raises(ConfigError) as err:
@@ -89,14 +100,69 @@ def test_ddim_steps_beyond_timesteps_are_refused_when_params_load(raw, message):
 
 def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
     params = params_from_dict({"diffusion": {"timesteps": SMALL_T},
-                               "sample": {"sampler": "ddpm", "sweep_steps": [5]}})
+                               "sample": {"sampler": "ddpm", "sweep_steps": [5]},
+                               "train": {"preview_sampler": "ddpm"}})
     assert params.sample.steps == DEFAULT_STEPS > params.diffusion.timesteps == SMALL_T
+    assert params.train.preview_steps > SMALL_T
 
 
-def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path):
+@pytest.mark.parametrize("stage, message", [
+    ("generate", f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps"),
+    ("train", f"train.preview_steps = {TrainConfig().preview_steps}: must be <= diffusion.timesteps"),
+])
+def test_stage_refuses_steps_beyond_timesteps_before_doing_anything(tmp_path, stage, message):
+    # The stages that load the diffusion section with the sample or train section; each
+    # stage's outputs are its default paths under tmp_path.
     (tmp_path / "params.yaml").write_text(f"diffusion:\n  timesteps: {SMALL_T}\n")
-    proc = tiny.run_stage("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "out")
+    proc = tiny.run_stage(stage, "--params", "params.yaml", cwd=tmp_path)
     assert proc.exit_code == 2
-    assert proc.stderr.strip().startswith(
-        f"error: sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps")
-    assert not (tmp_path / "out").exists()
+    assert proc.stderr.strip().startswith(f"error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+# ------------------------------------------------------------ loading only some sections
+
+
+def test_a_stage_loads_only_the_sections_it_asks_for():
+    raw = {"data": {"demo_size": 5}, "sample": {"stepz": 3}, "fid": {"bootstrap": 1}}
+    loaded = sections_from_dict(raw, data=DataConfig, model=ModelConfig)
+    assert loaded == Sections(data=DataConfig(demo_size=5), model=ModelConfig())
+    assert not hasattr(loaded, "sample")   # its bad key and fid's bad value: not this stage's
+    with pytest.raises(AttributeError):
+        loaded.data = DataConfig()         # read-only, like the sections themselves
+
+
+@pytest.mark.parametrize("raw, sections, message", [
+    ({"modle": {}}, {"data": DataConfig}, "modle: unknown section; allowed sections are "
+                                         "data, model, diffusion, train, sample, fid, analysis, report"),
+    ({"sample": {"stepz": 3}}, {"sample": SampleConfig},
+     "sample.stepz: unknown key; allowed keys are n, sampler, steps"),
+    ({"fid": {"bootstrap": 1}}, {"fid": FidConfig},
+     "fid.bootstrap = 1: one draw has no spread; use 0 (off) or >= 2 (e.g. 50)"),
+    ({"train": {"loggers": ["mlflow"]}}, {"train": TrainConfig},
+     "train.loggers = ['mlflow']: must include dvclive (the pipeline's metrics and report are "
+     "read from its files); add mlflow beside it, e.g. [dvclive, mlflow]"),
+    ({"train": {"preview_sampler": "euler"}}, {"train": TrainConfig},
+     "train.preview_sampler = 'euler': must be one of 'ddpm', 'ddim', 'dpmpp_2m', 'unipc'"),
+    ({"diffusion": {"timesteps": 4}, "sample": {"sampler": "ddpm"}},
+     {"diffusion": DiffusionConfig, "sample": SampleConfig},
+     "sample.sweep_steps = [5, 10, 20]: must be <= diffusion.timesteps (4); lower "
+     "sample.sweep_steps or raise diffusion.timesteps"),
+])
+def test_the_sections_a_stage_loads_are_validated_as_a_whole_load_is(raw, sections, message):
+    with pytest.raises(ConfigError) as err:
+        sections_from_dict(raw, **sections)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_steps_rules_need_both_sections_loaded():
+    # T is not known without the diffusion section: the rules wait for a stage that loads both.
+    raw = {"diffusion": {"timesteps": 4}}
+    assert sections_from_dict(raw, sample=SampleConfig).sample == SampleConfig()
+    assert sections_from_dict(raw, train=TrainConfig).train == TrainConfig()
+
+
+def test_params_has_one_field_per_section_in_the_files_order(tmp_path):
+    assert tuple(f for f in Params.__dataclass_fields__) == SECTIONS
+    (tmp_path / "params.yaml").write_text("report:\n  title: t\n")
+    assert load_all(tmp_path / "params.yaml") == Params(report=ReportConfig(title="t"))

@@ -10,10 +10,10 @@ import torch
 import tiny
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
-from ddpm.models import ARCHITECTURES, build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.dit import DIT_PRESETS, DiT, sincos_2d
+from ddpm.models.registry import ARCHITECTURES, build_model
 
 TINY = dict(depth=2, hidden_size=32, num_heads=2)
 

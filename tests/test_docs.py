@@ -5,13 +5,13 @@ import importlib.util
 import io
 from pathlib import Path
 
-from ddpm.config import Params, load_params
+from ddpm.reporting.config import Params, load_all
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_params_yaml_holds_exactly_the_code_defaults():
-    assert load_params(REPO / "params.yaml") == Params()
+    assert load_all(REPO / "params.yaml") == Params()
 
 
 def test_params_reference_is_current():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import tiny
-from ddpm.config import SampleConfig
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import generate, shard_path
 
 REPO = Path(__file__).resolve().parents[1]

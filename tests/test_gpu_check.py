@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm.config import ModelConfig
+from ddpm.models.config import ModelConfig
 from ddpm.models.log_layouts import LOG9_LISTS, LOG_RES_BLOCKS, WIDE_CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]

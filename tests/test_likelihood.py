@@ -34,7 +34,6 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm.config import params_from_dict
 from ddpm.diffusion.likelihood import (BoundEstimate, _jobs, bits_per_dim_bound,
                                        decoder_log_scale, diffusion_kl_large,
                                        diffusion_kl_small, discretized_gaussian_log_likelihood,
@@ -42,6 +41,7 @@ from ddpm.diffusion.likelihood import (BoundEstimate, _jobs, bits_per_dim_bound,
 from ddpm.diffusion.samplers import sample_generators
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
+from ddpm.reporting.config import params_from_dict
 
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the uint8 levels in [-1, 1]
 
@@ -402,8 +402,8 @@ def test_config_validates_the_bound_settings():
 def test_analyse_writes_the_bound_into_metrics_json(tmp_path):
     from dataclasses import replace
 
+    from ddpm.evaluation.config import AnalysisConfig
     from ddpm.evaluation.timestep_loss import analyse
-    from ddpm.config import AnalysisConfig
     from tests.tiny import prepared, untrained_model
 
     models = untrained_model(tmp_path / "models", img_size=16)

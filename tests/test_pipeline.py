@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 import tiny
-from ddpm.config import params_from_dict
+from ddpm.reporting.config import params_from_dict
 from ddpm.reporting.report import fmt
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm.config import SampleConfig, TrainConfig, params_from_dict
 from ddpm.errors import ConfigError
 from ddpm.io.precision import (Hardware, choose_channels_last, choose_sample_precision,
                                choose_train_precision, detect_hardware, resolve_sample,
                                resolve_train)
+from ddpm.reporting.config import params_from_dict
+from ddpm.sampling.config import SampleConfig
+from ddpm.training.config import TrainConfig
 
 AMX = dict(cpu_amx=True, aten_capability="AVX512")
 CASES = {  # name → (hardware, train precision, sample precision)

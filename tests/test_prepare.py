@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 import tiny
-from ddpm.config import DataConfig
 from ddpm.data import images as images_module
 from ddpm.data import sources as sources_module
+from ddpm.data.config import DataConfig
 from ddpm.data.images import CELEBA_BOX, crop_box
 from ddpm.data.prepare import prepare_dataset
 from ddpm.data.splits import in_holdout

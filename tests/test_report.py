@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ddpm.config import DiffusionConfig, Params
+from ddpm.diffusion.config import DiffusionConfig
+from ddpm.reporting.config import Params
 from ddpm.reporting.report import RunOutputs, build_report
 
 LOSS, MSE, VAL = 0.0115, 0.0521, 0.0767

@@ -16,9 +16,9 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ddpm.config import params_from_dict
 from ddpm.errors import ConfigError, DdpmError
 from ddpm.metrics.resampling import frechet_lowrank, kid_full, standard_errors
+from ddpm.reporting.config import params_from_dict
 
 RNG = np.random.default_rng
 

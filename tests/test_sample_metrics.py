@@ -18,13 +18,14 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import tiny
-from ddpm.config import FidConfig, Params
 from ddpm.data.demo import draw_face
 from ddpm.evaluation import reference, score
+from ddpm.evaluation.config import FidConfig
 from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import flagged, memorisation, nearest_pixel
 from ddpm.metrics.precision_recall import precision_recall
+from ddpm.reporting.config import Params
 from ddpm.reporting.report import RunOutputs, build_report, fmt, pm
 
 HALF = 40   # faces per half: the train side and the "generated"/holdout side

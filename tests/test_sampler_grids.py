@@ -42,10 +42,11 @@ import torch
 
 import ddpm.diffusion.samplers as samplers_module
 import ddpm.diffusion.solvers as solvers_module
-from ddpm.config import DiffusionConfig, SampleConfig
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.diffusion.registry import sample_images
 from ddpm.diffusion.samplers import ddim_timesteps, initial_noise, sample_generators
 from ddpm.diffusion.schedules import NoiseSchedule, extract
+from ddpm.sampling.config import SampleConfig
 
 M, W, P = 0.8, 0.05, 0.8   # modes at ±0.8 of width 0.05, 80% of pixels in the upper one
 T = 1000

@@ -433,7 +433,7 @@ def test_logsnr_spacing_is_uniform_in_log_snr():
 def test_registry_names_are_the_config_choices():
     import typing
 
-    from ddpm.config import SampleConfig
+    from ddpm.sampling.config import SampleConfig
 
     hints = typing.get_type_hints(SampleConfig)
     assert typing.get_args(hints["sampler"]) == tuple(SAMPLERS)
@@ -577,7 +577,7 @@ def test_dpm_solver_pp_first_order_is_ddim(name, spacing):
 def tiny_unet():
     """An untrained tiny UNet (seeded, zero_init off): outputs far from any closed form."""
     import tiny
-    from ddpm.models import build_model
+    from ddpm.models.registry import build_model
 
     torch.manual_seed(0)
     return build_model(tiny.params().model).eval()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.diffusion.schedules import (SCHEDULES, NoiseSchedule, cosine_betas, extract,
                                       linear_betas, sigmoid_betas)
-from ddpm.config import DiffusionConfig
 from ddpm.errors import ConfigError
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import tiny
-from ddpm.config import params_from_dict
+from ddpm.reporting.config import params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # runs DVC and trains: about 50 s on a busy 2-core CPU

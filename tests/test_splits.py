@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm.config import DataConfig
+from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset, summary
 from ddpm.errors import DataError
 from tests.test_prepare import encoded, photo, read_split

@@ -69,14 +69,10 @@ def covered(file: Path, deps: list[str]) -> bool:
 
 
 # Imported but never run by these stages, so deliberately not deps (a change there
-# must not recompute them). Each entry must still match an import: no stale excuses.
-CONFIG_NAMES = ("ddpm/config.py imports the sampler and spacing names it validates "
-                "params against; no diffusion code runs")
-NOT_RUN = {
-    "prepare": {"ddpm/diffusion/": CONFIG_NAMES},
-    "report": {"ddpm/diffusion/": CONFIG_NAMES},
-    "fid_ref": {"ddpm/diffusion/": CONFIG_NAMES},
-}
+# must not recompute them), with the reason: {stage: {path prefix: why}}. Each entry
+# must still match an import: no stale excuses. Empty since each section's config
+# moved beside its code (issue 25): ddpm/config.py imports no diffusion code.
+NOT_RUN: dict[str, dict[str, str]] = {}
 
 
 @pytest.mark.parametrize("stage", sorted(stages()))
@@ -96,9 +92,33 @@ def test_every_file_a_stage_imports_is_a_dep_of_it(stage):
 
 def test_the_import_reader_sees_imports_inside_functions_and_package_reexports():
     # The reader's blind spots would hide missing deps. memorisation.py imports
-    # ddpm.io.figures inside a function; importing ddpm.diffusion.registry runs the
-    # package's __init__, which imports its other modules.
+    # ddpm.io.figures inside a function; importing ddpm.diffusion.config runs the
+    # package's __init__, which imports its other modules (likelihood.py only there).
     lazy = imported_modules(REPO / "ddpm/metrics/memorisation.py")
     assert "ddpm.io.figures" in lazy and "matplotlib" not in lazy
-    files = {file.relative_to(REPO).as_posix() for file in closure("ddpm.config")}
-    assert {"ddpm/config.py", "ddpm/diffusion/__init__.py", "ddpm/diffusion/solvers.py"} <= files
+    assert imported_modules(REPO / "ddpm/diffusion/config.py") == {
+        "ddpm.config", "ddpm.config.bounded", "ddpm.errors", "ddpm.errors.ConfigError"}
+    files = {file.relative_to(REPO).as_posix() for file in closure("ddpm.diffusion.config")}
+    assert {"ddpm/diffusion/__init__.py", "ddpm/diffusion/likelihood.py"} <= files
+
+
+def files_of(module: str) -> set[str]:
+    return {file.relative_to(REPO).as_posix() for file in closure(module)}
+
+
+def test_the_params_machinery_imports_no_section_and_no_other_code():
+    # Every stage imports ddpm/config.py: anything it imported would be every stage's dep.
+    assert files_of("ddpm.config") == {"ddpm/__init__.py", "ddpm/config.py", "ddpm/errors.py"}
+
+
+@pytest.mark.parametrize("stage, never", [
+    ("train", "ddpm/sampling/"),       # a sampler setting must never retrain (13 minutes)
+    ("prepare", "ddpm/diffusion/"),    # model.img_size's module builds no network, no schedule
+    ("prepare", "ddpm/models/registry.py"),
+    ("fid_ref", "ddpm/diffusion/"),    # the real images' statistics know no model or sampler
+    ("fid_ref", "ddpm/models/"),
+    ("fid_ref", "ddpm/sampling/"),
+])
+def test_a_stage_imports_no_config_of_a_section_it_does_not_read(stage, never):
+    reached = sorted(f for f in files_of(f"stages.{stage}") if f.startswith(never))
+    assert not reached, f"stage {stage} imports {reached}"

@@ -10,7 +10,6 @@ from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 import tiny
-from ddpm.config import SampleConfig
 from ddpm.errors import ConfigError, DdpmError
 import ddpm.evaluation.sweep as sweep_module
 from ddpm.evaluation.sweep import plot_sweep, sweep_label, sweep_points
@@ -18,6 +17,7 @@ from ddpm.metrics.fid import feature_statistics, save_statistics
 from ddpm.metrics.real_features import save_real_features
 from ddpm.metrics.resampling import standard_errors
 from ddpm.reporting.report import _sweep_table
+from ddpm.sampling.config import SampleConfig
 
 
 def test_sweep_points_are_every_sampler_at_every_step_count_with_its_nfe():

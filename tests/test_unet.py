@@ -10,11 +10,11 @@ import torch
 import tiny
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
-from ddpm.models import ARCHITECTURES, build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import AttentionBlock, ResidualBlock, sinusoidal_embedding
 from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
+from ddpm.models.registry import ARCHITECTURES, build_model
 from ddpm.models.unet import UNet
 
 # Research log entry #9, exactly as written there.

@@ -10,11 +10,11 @@ import torch
 import tiny
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
-from ddpm.models import ARCHITECTURES, build_model
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import AttentionBlock
 from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
+from ddpm.models.registry import ARCHITECTURES, build_model
 from ddpm.models.unetpp import UNetPP
 
 # Research log entry #9's index lists (as in tests/test_unet.py).

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ddpm.config import DataConfig, params_from_dict
+from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset
+from ddpm.reporting.config import params_from_dict
 
 IMG = 16
 MODEL = {"img_size": IMG, "channels": [16, 32], "down_attn": [False, True],
@@ -49,8 +50,8 @@ def write_params(path: Path, **kwargs) -> Path:
 def untrained_model(out: Path, diffusion: dict | None = None, **model) -> Path:
     """A tiny UNet (seed 0, `model` overrides) saved in `out` as the train stage saves it,
     with the default diffusion section updated by `diffusion`."""
-    from ddpm.models import build_model
     from ddpm.models.checkpoint import save_model
+    from ddpm.models.registry import build_model
 
     config = params(model=model, diffusion=diffusion or {})
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ddpm.config import DataConfig
+from ddpm.data.config import DataConfig
 from ddpm.data.images import UnusableImage, prepare_image
 from ddpm.data.sources import Refused, SourceItem, open_source
 from ddpm.data.splits import Splitter

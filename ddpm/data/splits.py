@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path, PurePosixPath
 
-from ddpm.config import DataConfig
+from ddpm.data.config import DataConfig
 from ddpm.errors import DataError
 
 PARTITIONS = {"0": "train", "1": "holdout"}

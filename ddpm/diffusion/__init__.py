@@ -3,8 +3,8 @@
 Modules in dependency order: `schedules` → `forward` → `samplers` (DDPM, DDIM) →
 `solvers` (DPM-Solver++, UniPC) → `registry` (`sample.sampler` → function, and
 `sample_images`, the one entry point); `likelihood` (the variational bound in
-bits/dim) sits beside the samplers. Nothing here knows about Lightning, DVC or
-params.yaml.
+bits/dim) sits beside the samplers; `config` is params.yaml's diffusion section.
+Nothing here knows about Lightning or DVC.
 """
 
 from ddpm.diffusion.forward import (loss_per_timestep, predict_x0_and_eps, prediction_target,

@@ -7,7 +7,8 @@ clip_x0, trajectory_frames, progress) -> SampleResult`; `options` maps its keywo
 options to the `sample.*` settings they come from, so one call site (`sample_images`)
 serves the generate stage, the FID sweep and the training sample grids. A new sampler is
 one function, one line here and its tests; `sample.sampler`'s allowed values
-(ddpm/config.py) come from this dict.
+(ddpm/sampling/config.py) and `train.preview_sampler`'s (ddpm/training/config.py) come
+from this dict.
 """
 
 from __future__ import annotations

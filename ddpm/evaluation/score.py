@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ddpm.config import FidConfig
 from ddpm.diffusion.registry import get_sampler
+from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.reference import _features
 from ddpm.io.atomic import write_json_atomically
 from ddpm.metrics.fid import (feature_statistics, frechet_distance, load_statistics,

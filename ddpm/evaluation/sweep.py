@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm.config import SampleConfig
 from ddpm.diffusion.registry import get_sampler, sampler_nfe
 from ddpm.errors import ConfigError
 from ddpm.evaluation.reference import rebatch
@@ -27,6 +26,7 @@ from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 from ddpm.metrics.real_features import load_reference_features
 from ddpm.metrics.resampling import standard_errors
 from ddpm.models.checkpoint import load_model
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import run_sampler, sampling_net
 
 

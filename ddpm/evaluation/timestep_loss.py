@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ddpm.config import AnalysisConfig
 from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.likelihood import bits_per_dim_bound, evaluations_per_image
 from ddpm.diffusion.samplers import initial_noise, sample_generators
+from ddpm.evaluation.config import AnalysisConfig
 from ddpm.io.atomic import write_atomically, write_json_atomically
 from ddpm.io.figures import save_figure
 from ddpm.io.progress import progress_bar

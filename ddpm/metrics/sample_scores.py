@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddpm.config import FidConfig
 from ddpm.data.prepared import PreparedImages, read_manifest
 from ddpm.errors import DdpmError
+from ddpm.evaluation.config import FidConfig
 from ddpm.io.atomic import write_atomically
 from ddpm.metrics.fid import load_statistics
 from ddpm.metrics.fid_spread import fid_blocks

@@ -1,5 +1,5 @@
-"""Denoising networks (`nn.Module` only: no diffusion maths, no training loop)."""
+"""Denoising networks (`nn.Module` only: no diffusion maths, no training loop).
 
-from ddpm.models.registry import ARCHITECTURES, build_model
-
-__all__ = ["ARCHITECTURES", "build_model"]
+Nothing is re-exported here: importing `ddpm.models.config` (the `model` section) must
+not build the registry and every network. `build_model` is in `ddpm.models.registry`.
+"""

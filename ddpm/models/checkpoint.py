@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm.config import DiffusionConfig, ModelConfig, build_section
+from ddpm.config import build_section
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DataError
 from ddpm.io.atomic import write_atomically, write_json_atomically
-from ddpm.models import build_model
+from ddpm.models.config import ModelConfig
+from ddpm.models.registry import build_model
 
 WEIGHTS_FILES = {True: "ema.safetensors", False: "net.safetensors"}  # keyed by use_ema
 CONFIG_FILE = "config.json"

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import sinusoidal_embedding
 from ddpm.models.unet import IMAGE_CHANNELS
 

@@ -10,8 +10,8 @@ from typing import Callable
 
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
+from ddpm.models.config import ModelConfig
 from ddpm.models.dit import DiT
 from ddpm.models.unet import UNet
 from ddpm.models.unetpp import UNetPP

@@ -49,8 +49,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddpm.config import ModelConfig
 from ddpm.errors import ConfigError
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import (BlockOptions, Downsample, ResidualStack, TimeEmbedding,
                                 Upsample)
 

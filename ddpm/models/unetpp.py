@@ -61,7 +61,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddpm.config import ModelConfig
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import BlockOptions, TimeEmbedding
 from ddpm.models.unet import IMAGE_CHANNELS, DownLevel, UpLevel, check_layout
 

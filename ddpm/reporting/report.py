@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddpm.config import DiffusionConfig, Params
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.io.atomic import write_text_atomically
 from ddpm.io.figures import save_figure
+from ddpm.reporting.config import Params
 
 
 @dataclass(frozen=True)

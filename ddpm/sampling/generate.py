@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddpm.config import SampleConfig, to_dict
+from ddpm.config import to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.io.atomic import write_atomically, write_json_atomically, write_text_atomically
@@ -45,6 +45,7 @@ from ddpm.io.precision import resolve_sample
 from ddpm.io.progress import progress_bar
 from ddpm.models.checkpoint import WEIGHTS_FILES, load_model
 from ddpm.models.compiling import CompiledNet
+from ddpm.sampling.config import SampleConfig
 
 GRID_SIZE = 64
 TRAJECTORY_SEEDS = 4

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.config import SampleConfig, build_section
+from ddpm.config import build_section
 from ddpm.errors import ConfigError, DdpmError
 from ddpm.io.atomic import write_atomically
 from ddpm.io.progress import progress_bar
+from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import Generator, load_generator, write_grid, write_trajectory
 
 

@@ -12,7 +12,6 @@ deleted) with one line saying which params differ.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import logging
@@ -20,20 +19,23 @@ import pickle
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm.config import Params, TrainConfig, to_dict
+from ddpm.config import Sections, to_dict
 from ddpm.data.prepared import read_manifest
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.errors import DataError
 from ddpm.io.devices import check_accelerator, torch_device
 from ddpm.io.precision import resolve_train
 from ddpm.io.progress import interactive
 from ddpm.models.checkpoint import save_model
+from ddpm.models.config import ModelConfig
 from ddpm.training.callbacks import ProgressLines, ResumeCheckpoint, SampleGrid, Throughput
+from ddpm.training.config import TrainConfig
 from ddpm.training.data import FaceDataModule
 from ddpm.training.loggers import build_loggers, log_final, require_mlflow
 from ddpm.training.system import DiffusionSystem
@@ -55,8 +57,22 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
     lambda record: "was not set, defaulting to" not in str(record.getMessage()))
 # Keys that do not change what is learned: changing them keeps a checkpoint resumable.
-NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every",
-                     "checkpoint_every", "num_workers", "loggers"}
+NOT_FINGERPRINTED = {"max_steps", "val_every", "val_images", "sample_every", "preview_sampler",
+                     "preview_steps", "checkpoint_every", "num_workers", "loggers"}
+
+
+class TrainingParams(Protocol):
+    """The sections training reads: `load_params(path, model=..., diffusion=..., train=...)`'s
+    `Sections`, or a whole `Params`."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+
+    @property
+    def diffusion(self) -> DiffusionConfig: ...
+
+    @property
+    def train(self) -> TrainConfig: ...
 
 
 # The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
@@ -76,7 +92,7 @@ def code_sha256() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: Params, data_sha256: str) -> dict:
+def fingerprint(params: TrainingParams, data_sha256: str) -> dict:
     # The cosine learning rate at every step depends on max_steps: a run resumed with
     # another max_steps would not be the run it claims to continue.
     free = NOT_FINGERPRINTED - ({"max_steps"} if params.train.lr_schedule == "cosine" else set())
@@ -166,7 +182,7 @@ def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
         enable_progress_bar=progress, enable_model_summary=False)
 
 
-def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
+def train(params: TrainingParams, prepared_dir: str | Path, models_dir: str | Path,
           state_dir: str | Path, live_dir: str | Path, *, mlruns_dir: str | Path = "mlruns",
           extra_callbacks: Sequence[L.Callback] = (), progress: bool = True) -> None:
     """Train (or resume) the model described by `params` on a prepared data set."""
@@ -182,7 +198,7 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     train_cfg, formats = resolve_train(params.train, torch_device("train", params.train.accelerator))
     if rank_zero_only.rank == 0:
         print(f"train formats {formats}")
-    params = dataclasses.replace(params, train=train_cfg)
+    params = Sections(model=params.model, diffusion=params.diffusion, train=train_cfg)
     cfg, state_dir = params.train, Path(state_dir)
     expected = fingerprint(params, manifest["content_sha256"])
     resume = resume_path(state_dir, expected)
@@ -194,7 +210,8 @@ def train(params: Params, prepared_dir: str | Path, models_dir: str | Path,
     loggers = build_loggers(cfg.loggers, Path(live_dir), Path(mlruns_dir), state_dir,
                             resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
-                 SampleGrid(cfg.sample_every, params.sample, seed=cfg.seed), Throughput(),
+                 SampleGrid(cfg.sample_every, cfg.preview_sampler, cfg.preview_steps,
+                            seed=cfg.seed), Throughput(),
                  *extra_callbacks]
     # A live bar on a terminal; elsewhere (dvc repro's pipe, CI logs) plain lines.
     bar = progress and interactive()

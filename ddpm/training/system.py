@@ -12,13 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
+from ddpm.config import to_dict
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.diffusion.forward import (TrainingLoss, predict_x0_and_eps, prediction_target,
                                     q_sample, training_losses)
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
-from ddpm.models import build_model
 from ddpm.models.compiling import compile_module
+from ddpm.models.config import ModelConfig
+from ddpm.models.registry import build_model
+from ddpm.training.config import TrainConfig
 from ddpm.training.ema import EMA
 
 

@@ -61,7 +61,7 @@ def noting_import(name, globals=None, locals=None, fromlist=(), level=0):
     return plain_import(name, globals, locals, fromlist, level)
 builtins.__import__ = noting_import
 import gpu_check.parts
-from ddpm.config import ModelConfig
+from ddpm.models.config import ModelConfig
 from gpu_check.plan import SMOKE_MODEL
 from diffusers_peer import DiffusersUNet
 DiffusersUNet(ModelConfig(**SMOKE_MODEL))

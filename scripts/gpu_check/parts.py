@@ -36,11 +36,14 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm.config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, load_params, to_dict
+from ddpm.config import load_params, to_dict
+from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset
+from ddpm.diffusion.config import DiffusionConfig
 from ddpm.diffusion.forward import training_loss
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
+from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.score import generated_fid
 from ddpm.io.atomic import write_text_atomically
 from ddpm.io.devices import torch_device
@@ -48,6 +51,8 @@ from ddpm.metrics.fid import weights_info
 from ddpm.metrics.inception_standin import make_standin_weights
 from ddpm.metrics.sample_scores import sample_metrics
 from ddpm.models.checkpoint import save_model
+from ddpm.models.config import ModelConfig
+from ddpm.training.config import TrainConfig
 from ddpm.training.data import FaceDataModule
 from ddpm.training.run import build_trainer
 from ddpm.training.system import DiffusionSystem
@@ -290,7 +295,7 @@ def part_fid(plan: Plan, work: Path) -> dict:
     """FID of the generated samples (ddpm.evaluation.score, as the fid stage), then its other
     metrics. Scores what generate finished: every shard, or those a cut run kept."""
     paths = work_paths(work)
-    fid = load_params(write_params(plan, work, 1)).fid
+    fid = load_params(write_params(plan, work, 1), fid=FidConfig).fid
     device = torch_device("fid", fid.accelerator)
     start = time.perf_counter()
     files, complete = finished_shards(paths["samples"])
