@@ -314,3 +314,32 @@ def test_thresholds_are_reported_to_6_decimals():
     for name in ("cosine", "pixel"):
         value = metrics[f"threshold_{name}"]
         assert value == round(value, 6) and value != round(value, 5), name
+
+
+def test_a_tie_between_training_images_keeps_the_first_across_blocks(monkeypatch):
+    # Training images 2 and 9 are the same picture; one search would return 2, and so
+    # must a blocked one (1 image per block: the copy comes in a later block).
+    rng = RNG(9)
+    train = images(rng, 12)
+    train[9] = train[2]
+    monkeypatch.setattr(memo, "TRAIN_BLOCK", 1)
+    for space in ("pixel", "cosine"):
+        sets = as_sets(train[[2]], images(rng, 3), train)
+        query = sets[0]["pixels" if space == "pixel" else "features"]
+        d, index, flipped = nearest_with_flips(space, query, sets[2])
+        assert (index, flipped) == (2, False) and d == pytest.approx(0, abs=1e-12), space
+
+
+def test_an_empty_training_set_is_one_clear_error():
+    rng = RNG(10)
+    generated, holdout, _ = as_sets(images(rng, 4), images(rng, 3), images(rng, 1))
+    train = {"features": np.zeros((0, 24)), "features_flipped": np.zeros((0, 24)),
+             "pixels": np.zeros((0, SIDE, SIDE, 3), np.uint8)}
+    with pytest.raises(memo.DdpmError, match="^memorisation: no training images to search$"):
+        memorisation(generated, holdout, train)
+
+
+def test_threshold_rank_rounds_p_times_n_plus_1():
+    # r/(n_h + 1) ≈ p/100: 1.49 rounds to 1, 1.51 to 2; 50 % of 19 is rank 10.
+    assert threshold_rank(148) == 1 and threshold_rank(150) == 2
+    assert threshold_rank(19, percentile=50) == 10 and threshold_rank(3, percentile=1) == 1

@@ -420,6 +420,19 @@ def test_trajectory_frames_are_evenly_spaced_steps_first_and_last_included(frame
         assert torch.equal(result.trajectory[-1][2], result.images)
 
 
+def test_trajectory_frames_are_snapshots_not_views_of_the_result():
+    sched = schedule("cosine", 100)
+    generators = sample_generators(0, range(2))
+    noise = initial_noise(generators, (1, 4, 4), "cpu")
+    result = sample_images("ddim", gaussian_model(sched), sched, noise, generators,
+                           prediction="eps", clip_x0=True, frames=3, **settings({"steps": 5}))
+    frames = [(x.clone(), x0.clone()) for _, x, x0 in result.trajectory]
+    result.images.add_(1.0)   # a caller post-processing the samples in place
+    noise.add_(1.0)
+    for (_, x, x0), (x_before, x0_before) in zip(result.trajectory, frames):
+        assert torch.equal(x, x_before) and torch.equal(x0, x0_before)
+
+
 def test_logsnr_spacing_is_uniform_in_log_snr():
     sched = schedule("linear")
     all_lam = sched.log_snr(torch.arange(1000)).numpy()
