@@ -180,6 +180,26 @@ def test_training_losses_defaults_are_unweighted_and_gamma_5(dtype):
     assert got.item() == pytest.approx(weighted.item(), rel=1e-6)
 
 
+def test_min_snr_gamma_defaults_to_5_and_is_passed_through():
+    # 64 draws of t in 0..99 under cosine: several have SNR > 6, where γ = 5 and 6 differ.
+    from ddpm.diffusion.forward import training_loss, training_losses
+
+    x0 = torch.rand(64, 3, 4, 4) * 2 - 1
+    schedule, net, gamma_5 = _replayed_loss(x0, "v", "min_snr", 5.0)
+    assert (schedule.log_snr(torch.randint(0, 100, (64,), generator=torch.Generator()
+                                           .manual_seed(3))).exp() > 6).sum() >= 5
+    got = training_losses(net, schedule, x0, "v", torch.Generator().manual_seed(3), "min_snr")
+    assert got.loss.item() == pytest.approx(gamma_5.item(), rel=1e-6)
+    for gamma in (1.0, 6.0):
+        _, _, expected = _replayed_loss(x0, "v", "min_snr", gamma)
+        assert expected.item() != pytest.approx(gamma_5.item(), rel=1e-3)
+        got = training_loss(net, schedule, x0, "v", torch.Generator().manual_seed(3), "min_snr",
+                            min_snr_gamma=gamma)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    got = training_loss(net, schedule, x0, "v", torch.Generator().manual_seed(3), "min_snr")
+    assert got.item() == pytest.approx(gamma_5.item(), rel=1e-6)
+
+
 def test_min_snr_weight_is_float32_on_ts_device():
     from ddpm.diffusion.forward import min_snr_weight
 

@@ -267,3 +267,79 @@ def test_bad_sets_are_one_clear_error_each():
     small_holdout = {**holdout, "pixels": np.zeros((3, 8, 8, 3), np.uint8)}
     with pytest.raises(memo.DdpmError, match=r"are \(8, 8\) px but training images \(6, 6\)"):
         memorisation(generated, small_holdout, train)
+
+
+# ------------------------------------------------------------------ edges (mutation survivors)
+
+
+@pytest.mark.parametrize("n_g, n_h, rank, confidence", [
+    (200, 89, 1, 0.99), (3, 2, 2, 0.99),    # the quantile can be n_g itself
+    (1, 5, 3, 0.5),                         # Beta-binomial(1, 3, 3): cdf(0) = 0.5 exactly
+    (50, 10, 5, 0.9), (7, 300, 3, 0.999)])
+def test_null_upper_count_is_scipys_quantile(n_g, n_h, rank, confidence):
+    # scipy's ppf: the smallest k with P(K ≤ k) ≥ q, computed its own way.
+    expected = betabinom(n_g, rank, n_h - rank + 1).ppf(confidence)
+    assert null_flag_bound(n_g, n_h, rank, confidence)["upper_count"] == expected
+
+
+def test_flagged_uses_the_percentile_it_is_given():
+    holdout_d = np.arange(1.0, 20.0)          # 19 distances: rank r = p/100 · 20
+    sample_d = np.array([4.0, 5.0, 9.0, 10.0, 11.0])
+    assert flagged(sample_d, holdout_d, percentile=50) == (0.8, 10.0)
+    assert flagged(sample_d, holdout_d, percentile=25) == (0.4, 5.0)
+
+
+def test_a_symmetric_image_is_its_own_mirror_and_counts_as_unflipped():
+    rng = RNG(6)
+    half = images(rng, 1)[:, :, : SIDE // 2]
+    symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)   # equal to its mirror
+    train = np.concatenate([images(rng, 3), symmetric])
+    sets = as_sets(symmetric, images(rng, 3), train)[2]
+    for space, key in (("pixel", "pixels"), ("cosine", "features")):
+        query = symmetric if key == "pixels" else features_of(symmetric)
+        d, index, flipped = nearest_with_flips(space, query, sets)
+        assert (d, index, flipped) == (0, 3, False), space
+
+
+def test_cosine_distances_of_copies_are_zero_up_to_rounding_never_negative():
+    # 1 − cos(q, q) rounds below 0 for about a quarter of random float64 vectors.
+    q = RNG(7).normal(size=(200, 24))
+    d, index = memo.nearest_cosine(q, q)
+    assert (index == np.arange(200)).all() and (d >= 0).all() and d.max() < 1e-12
+
+
+def test_thresholds_are_reported_to_6_decimals():
+    rng = RNG(8)
+    metrics, _ = memorisation(*as_sets(images(rng, 20), images(rng, 30), images(rng, 40)))
+    for name in ("cosine", "pixel"):
+        value = metrics[f"threshold_{name}"]
+        assert value == round(value, 6) and value != round(value, 5), name
+
+
+def test_a_tie_between_training_images_keeps_the_first_across_blocks(monkeypatch):
+    # Training images 2 and 9 are the same picture; one search would return 2, and so
+    # must a blocked one (1 image per block: the copy comes in a later block).
+    rng = RNG(9)
+    train = images(rng, 12)
+    train[9] = train[2]
+    monkeypatch.setattr(memo, "TRAIN_BLOCK", 1)
+    for space in ("pixel", "cosine"):
+        sets = as_sets(train[[2]], images(rng, 3), train)
+        query = sets[0]["pixels" if space == "pixel" else "features"]
+        d, index, flipped = nearest_with_flips(space, query, sets[2])
+        assert (index, flipped) == (2, False) and d == pytest.approx(0, abs=1e-12), space
+
+
+def test_an_empty_training_set_is_one_clear_error():
+    rng = RNG(10)
+    generated, holdout, _ = as_sets(images(rng, 4), images(rng, 3), images(rng, 1))
+    train = {"features": np.zeros((0, 24)), "features_flipped": np.zeros((0, 24)),
+             "pixels": np.zeros((0, SIDE, SIDE, 3), np.uint8)}
+    with pytest.raises(memo.DdpmError, match="^memorisation: no training images to search$"):
+        memorisation(generated, holdout, train)
+
+
+def test_threshold_rank_rounds_p_times_n_plus_1():
+    # r/(n_h + 1) ≈ p/100: 1.49 rounds to 1, 1.51 to 2; 50 % of 19 is rank 10.
+    assert threshold_rank(148) == 1 and threshold_rank(150) == 2
+    assert threshold_rank(19, percentile=50) == 10 and threshold_rank(3, percentile=1) == 1

@@ -402,6 +402,37 @@ def test_trajectory_progress_and_nfe(sampler, options, first_t, n_steps):
                              clip_x0=True, **settings(options)).trajectory
 
 
+@pytest.mark.parametrize("frames", [-1, 0, 1, 2, 3, 4, 10, 25])
+def test_trajectory_frames_are_evenly_spaced_steps_first_and_last_included(frames):
+    sched = schedule("cosine", 100)
+    generators = sample_generators(0, range(2))
+    noise = initial_noise(generators, (1, 4, 4), "cpu")
+    result = sample_images("ddim", gaussian_model(sched), sched, noise, generators,
+                           prediction="eps", clip_x0=True, frames=frames,
+                           **settings({"steps": 10}))
+    taus = ddim_timesteps(100, 10, "uniform").tolist()
+    # By hand: step j·9/(k − 1) rounded half to even, k frames of steps 0..9; one frame is
+    # the finished sample, more frames than steps give every step.
+    by_hand = {-1: [], 0: [], 1: [9], 2: [0, 9], 3: [0, 4, 9], 4: [0, 3, 6, 9],
+               10: list(range(10)), 25: list(range(10))}[frames]
+    assert [t for t, _, _ in result.trajectory] == [taus[j] for j in by_hand]
+    if frames > 0:
+        assert torch.equal(result.trajectory[-1][2], result.images)
+
+
+def test_trajectory_frames_are_snapshots_not_views_of_the_result():
+    sched = schedule("cosine", 100)
+    generators = sample_generators(0, range(2))
+    noise = initial_noise(generators, (1, 4, 4), "cpu")
+    result = sample_images("ddim", gaussian_model(sched), sched, noise, generators,
+                           prediction="eps", clip_x0=True, frames=3, **settings({"steps": 5}))
+    frames = [(x.clone(), x0.clone()) for _, x, x0 in result.trajectory]
+    result.images.add_(1.0)   # a caller post-processing the samples in place
+    noise.add_(1.0)
+    for (_, x, x0), (x_before, x0_before) in zip(result.trajectory, frames):
+        assert torch.equal(x, x_before) and torch.equal(x0, x0_before)
+
+
 def test_logsnr_spacing_is_uniform_in_log_snr():
     sched = schedule("linear")
     all_lam = sched.log_snr(torch.arange(1000)).numpy()

@@ -164,3 +164,47 @@ def test_schedule_errors_are_one_line_naming_the_key_and_the_fix():
     with pytest.raises(ConfigError, match=r"^diffusion.schedule = 'cos': must be one of "
                                           r"'linear', 'cosine', 'sigmoid'$"):
         NoiseSchedule.from_name("cos", 100)
+
+
+@pytest.mark.parametrize("T", [2, 3, 7])
+def test_every_field_equals_a_step_by_step_recount_down_to_two_steps(T):
+    # Ho et al.'s definitions, one step at a time in Python floats, from float32 β.
+    betas = torch.linspace(0.1, 0.6, T, dtype=torch.float32)
+    sched = NoiseSchedule.from_betas(betas)
+    ab, expected = 1.0, {name: [] for name in ("alphas_cumprod", "alphas_cumprod_prev",
+                                               "posterior_variance", "posterior_mean_coef1",
+                                               "posterior_mean_coef2")}
+    for beta in betas.double().tolist():
+        ab_prev, ab = ab, ab * (1 - beta)
+        expected["alphas_cumprod_prev"].append(ab_prev)
+        expected["alphas_cumprod"].append(ab)
+        expected["posterior_variance"].append(beta * (1 - ab_prev) / (1 - ab))
+        expected["posterior_mean_coef1"].append(beta * math.sqrt(ab_prev) / (1 - ab))
+        expected["posterior_mean_coef2"].append((1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab))
+    for name, values in expected.items():
+        field = getattr(sched, name)
+        assert field.dtype == torch.float64 and field.device.type == "cpu", name
+        np.testing.assert_allclose(field.numpy(), values, rtol=1e-12, atol=0, err_msg=name)
+    np.testing.assert_allclose(sched.betas.numpy(), betas.double().numpy(), rtol=0)
+    np.testing.assert_allclose(sched.alphas.numpy(), 1 - betas.double().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(sched.sqrt_alphas_cumprod.numpy(),
+                               np.sqrt(expected["alphas_cumprod"]), rtol=1e-12)
+    np.testing.assert_allclose(sched.sqrt_one_minus_alphas_cumprod.numpy(),
+                               np.sqrt(1 - np.array(expected["alphas_cumprod"])), rtol=1e-12)
+    variance = expected["posterior_variance"]
+    np.testing.assert_allclose(sched.posterior_log_variance_clipped.numpy(),
+                               np.log([variance[1]] + variance[1:]), rtol=1e-12)
+    assert sched.timesteps == T
+
+
+def test_betas_outside_the_open_unit_interval_or_too_few_are_refused():
+    for bad in ([0.1, 0.0, 0.2], [0.1, 1.0], [0.1, -0.1], [0.5, 1.5]):
+        with pytest.raises(ValueError, match="^every beta must lie in \\(0, 1\\)$"):
+            NoiseSchedule.from_betas(torch.tensor(bad))
+    for bad in (torch.tensor([0.1]), torch.full((2, 3), 0.1), torch.tensor(0.1)):
+        with pytest.raises(ConfigError, match=f"^diffusion.timesteps = {bad.numel()}: "
+                                              "must be >= 2$"):
+            NoiseSchedule.from_betas(bad)
+    assert NoiseSchedule.from_name("cosine", 2).timesteps == 2   # the smallest allowed
+    with pytest.raises(ConfigError, match="^diffusion.timesteps = 1: must be >= 2$"):
+        NoiseSchedule.from_name("cosine", 1)
