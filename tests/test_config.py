@@ -106,6 +106,34 @@ def test_ddpm_sampler_ignores_sample_steps_so_they_are_not_checked():
     assert params.train.preview_steps > SMALL_T
 
 
+@pytest.mark.parametrize("raw, message", [
+    ({"diffusion": {"timesteps": 1000}, "sample": {"sampler": "ddim", "steps": 2000}},
+     "sample.steps = 2000: must be <= diffusion.timesteps (1000)"),
+    ({"diffusion": {"timesteps": 100}, "sample": {"sampler": "ddim", "steps": 101}},
+     "sample.steps = 101"),
+    ({"sample": {"steps": 0}}, "sample.steps = 0"),
+    ({"sample": {"spacing": "leading"}}, "sample.spacing = 'leading'"),
+    ({"sample": {"solver_spacing": "leading"}}, "sample.solver_spacing = 'leading'"),
+    ({"sample": {"variance": "medium"}}, "sample.variance = 'medium'"),
+    ({"sample": {"eta": -0.5}}, "sample.eta = -0.5: must be >= 0"),
+    ({"diffusion": {"prediction": "score"}}, "diffusion.prediction = 'score'"),
+])
+def test_sampler_settings_are_refused_when_params_load(raw, message):
+    """The one validation point: the samplers trust their settings, so each bad one
+    is refused here, naming its key, before any sampling."""
+    with pytest.raises(ConfigError) as err:
+        sections_from_dict(raw, diffusion=DiffusionConfig, sample=SampleConfig)
+    assert str(err.value).startswith(message)
+
+
+def test_a_sweep_of_ddpm_alone_reads_no_sweep_steps():
+    """Whether a sampler takes steps is the registry's answer (`takes_steps`), here too."""
+    raw = {"diffusion": {"timesteps": 4},
+           "sample": {"sampler": "ddpm", "sweep_samplers": ["ddpm"]}}
+    sample = sections_from_dict(raw, diffusion=DiffusionConfig, sample=SampleConfig).sample
+    assert sample.steps == DEFAULT_STEPS and max(sample.sweep_steps) > 4
+
+
 @pytest.mark.parametrize("stage, message", [
     ("generate", f"sample.steps = {DEFAULT_STEPS}: must be <= diffusion.timesteps"),
     ("train", f"train.preview_steps = {TrainConfig().preview_steps}: must be <= diffusion.timesteps"),

@@ -18,8 +18,8 @@ paper's step t+1, so the term evaluated at index t is the paper's L_t:
 `alphas_cumprod[t]` is ᾱ_{t+1}, `alphas_cumprod_prev[t]` is ᾱ_t (1 at index 0).
 
 The reverse model p_θ(x_{t−1} | x_t) = N(μ̃_t(x_t, x̂_0), σ_t² I) is the one
-`ddpm_sample` draws from: x̂_0 from the network (ε, v or x0 converted by
-`predict_x0_and_eps`, optionally clipped to [−1, 1]) and σ_t² = β̃_t ("small")
+`ddpm_sample` draws from: x̂_0 from the network (ε, v or x0 converted by the
+`Denoiser`, optionally clipped to [−1, 1]) and σ_t² = β̃_t ("small")
 or β_t ("large").
 
 Estimator (`bits_per_dim_bound`): every index below `exact_below` is evaluated
@@ -38,7 +38,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ddpm.diffusion.forward import Model, check_prediction, predict_x0_and_eps, q_sample
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.forward import Model, check_prediction, q_sample
 from ddpm.diffusion.samplers import VARIANCES, sample_generators
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
@@ -289,6 +290,7 @@ def bits_per_dim_bound(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, 
         raise ValueError(f"strata = {strata}: must be >= 1")
     n, shape, device = x0.shape[0], tuple(x0.shape[1:]), x0.device
     generators = sample_generators(seed, range(n))
+    denoiser = Denoiser(model, schedule, prediction, clip_x0)  # the x̂_0 ddpm_sample steps with
     image, t_all, weight = _jobs(schedule, generators, exact_below, strata)
     nats = {"diffusion": torch.zeros(n, dtype=torch.float64),
             "decoder": torch.zeros(n, dtype=torch.float64)}
@@ -304,10 +306,7 @@ def bits_per_dim_bound(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, 
             x0_b = x0[torch.as_tensor(idx, device=device)]                 # [b, C, H, W]
             t = torch.as_tensor(t_np, device=device)                        # [b]
             x_t = q_sample(schedule, x0_b, t, noise)
-            output = model(x_t, t).to(x_t.dtype)
-            x0_hat = predict_x0_and_eps(schedule, x_t, t, output, prediction)[0]
-            if clip_x0:
-                x0_hat = x0_hat.clamp(-1, 1)
+            x0_hat, _ = denoiser(x_t, t)
             terms = vlb_terms(schedule, t.cpu(), x0_b.cpu(), x_t.cpu(), x0_hat.cpu(),
                               variance) * torch.from_numpy(weight[start:start + batch_size])
             for part, mask in (("decoder", t_np == 0), ("diffusion", t_np != 0)):

@@ -3,9 +3,11 @@ for networks.
 
 A dict of real functions (never names looked up as strings elsewhere). Every entry is a
 pure function `fn(model, schedule, noise, generators, *, <its options>, prediction,
-clip_x0, trajectory_frames, progress) -> SampleResult`; `options` maps its keyword
-options to the `sample.*` settings they come from, so one call site (`sample_images`)
-serves the generate stage, the FID sweep and the training sample grids. A new sampler is
+clip_x0, trajectory_frames, progress) -> SampleResult`, a stepper run by the one loop
+(`ddpm.diffusion.loop`); `options` maps its keyword options to the `sample.*` settings
+they come from, so one call site (`sample_images`) serves the generate stage, the FID
+sweep and the training sample grids, and whether they include `steps` answers, here
+alone, whether a sampler takes steps (`takes_steps`). A new sampler is
 one function, one line here and its tests; `sample.sampler`'s allowed values
 (ddpm/sampling/config.py) and `train.preview_sampler`'s (ddpm/training/config.py) come
 from this dict.
@@ -19,18 +21,11 @@ from typing import Callable, Sequence
 import torch
 
 from ddpm.diffusion.forward import Model
-from ddpm.diffusion.samplers import SampleResult, ddim_sample, ddpm_sample
+from ddpm.diffusion.loop import SampleResult
+from ddpm.diffusion.samplers import ddim_sample, ddpm_sample
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.diffusion.solvers import dpm_solver_pp_sample, unipc_sample
 from ddpm.errors import ConfigError
-
-
-def _all_timesteps(steps: int, timesteps: int) -> int:
-    return timesteps
-
-
-def _one_per_step(steps: int, timesteps: int) -> int:
-    return steps
 
 
 @dataclass(frozen=True)
@@ -39,16 +34,14 @@ class Sampler:
 
     `fn`: the sampling function. `options`: its keyword argument → the `sample.*` setting
     that feeds it, besides prediction and clip_x0 (settings not named are ignored for it).
-    `nfe`: network evaluations per sample, from (sample.steps, T).
     """
 
     fn: Callable[..., SampleResult]
     options: dict[str, str] = field(default_factory=dict)
-    nfe: Callable[[int, int], int] = _one_per_step
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler(ddpm_sample, {"variance": "variance"}, _all_timesteps),
+    "ddpm": Sampler(ddpm_sample, {"variance": "variance"}),
     "ddim": Sampler(ddim_sample, {"steps": "steps", "eta": "eta", "spacing": "spacing"}),
     "dpmpp_2m": Sampler(dpm_solver_pp_sample, {"steps": "steps", "spacing": "solver_spacing"}),
     "unipc": Sampler(unipc_sample, {"steps": "steps", "spacing": "solver_spacing"}),
@@ -65,9 +58,17 @@ def get_sampler(name: str) -> Sampler:
                           + ", ".join(repr(s) for s in SAMPLERS)) from None
 
 
+def takes_steps(name: str) -> bool:
+    """Whether sampler `name` reads `sample.steps`; one that does not (ancestral DDPM)
+    runs all T. The one place that answers it: the params checks, `ddpm sample` and the
+    FID sweep ask here."""
+    return "steps" in get_sampler(name).options.values()
+
+
 def sampler_nfe(name: str, steps: int, timesteps: int) -> int:
-    """Network evaluations per sample of sampler `name` with `steps` steps out of T."""
-    return get_sampler(name).nfe(steps, timesteps)
+    """Network evaluations per sample of sampler `name` with `steps` steps out of T:
+    one per step, or all T for a sampler that takes no steps."""
+    return steps if takes_steps(name) else timesteps
 
 
 def sample_images(sampler: str, model: Model, schedule: NoiseSchedule, noise: torch.Tensor,

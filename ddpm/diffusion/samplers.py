@@ -1,46 +1,32 @@
 """Reverse-process samplers: DDPM ancestral sampling and DDIM (the ODE solvers are in `solvers`).
 
-Samplers are pure functions of (model, schedule, noise, generators, options).
+Samplers are pure functions of (model, schedule, noise, generators, options), each a
+stepper (`DDPMStepper`, `DDIMStepper`) run by the one loop, `loop.sample_loop`, on the
+network wrapped as a `Denoiser`. They trust their options: params are validated
+where they are parsed (ddpm/sampling/config.py, ddpm/diffusion/config.py).
 Randomness comes in as one CPU generator per sample (EDM's convention): sample i
 always draws its x_T and every step's noise from its own stream, on the CPU, so a
 sample does not depend on the batch it is generated in nor on the device.
 
 Legend (0-indexed t; index t is the paper's step t+1):
     x               x_t, the current sample [B, C, H, W]
-    x0_hat, eps_hat x̂_0 and ε̂, the model's estimates at (x_t, t)
+    x0_hat, eps_hat x̂_0 and ε̂, the denoiser's estimates at (x_t, t)
     alpha_bar       ᾱ_t                 alpha_bar_prev  ᾱ at the next (lower) step, 1 after the last
     z               fresh N(0, I) noise per sample
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ddpm.diffusion.forward import Model, check_prediction, predict_x0_and_eps
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.forward import Model
+from ddpm.diffusion.loop import SampleResult, sample_loop
 from ddpm.diffusion.schedules import NoiseSchedule
-from ddpm.errors import ConfigError
-
-SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
-VARIANCES = ("small", "large")
-
-Frame = tuple[int, torch.Tensor, torch.Tensor]  # (t, x_t, x0_hat), CPU tensors
-
-
-@dataclass
-class SampleResult:
-    """`images`: x_0 [B, C, H, W] on the noise's device.
-
-    `trajectory`: (t, x_t, x̂_0) CPU tensors at evenly spaced steps, where x_t is
-    the step's input and x̂_0 the model's estimate from it; the last frame is the
-    last step, whose x̂_0 is exactly `images`. Empty unless frames were asked for.
-    """
-
-    images: torch.Tensor
-    trajectory: list[Frame] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- randomness
@@ -100,29 +86,42 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform", *,
                    type "logSNR"); needs the `schedule`. The range stops at T − 2 because
                    the cosine and sigmoid schedules clip their last β (0.999), where log
                    SNR plunges (cosine: −12.9 → −19.8); see `_nearest_log_snr`.
-    With S = T every spacing gives all timesteps T−1..0.
+    With S = T every spacing gives all timesteps T−1..0. 1 <= S <= T and the spacing's
+    name are the caller's to ensure (sample.steps, sample.spacing: checked when params load).
     """
-    if spacing not in SPACINGS:
-        raise ConfigError(f"sample.spacing = {spacing!r}: must be one of "
-                          + ", ".join(repr(s) for s in SPACINGS))
-    if steps < 1:
-        raise ConfigError(f"sample.steps = {steps}: must be >= 1")
-    if steps > timesteps:
-        raise ConfigError(f"sample.steps = {steps}: must be <= diffusion.timesteps ({timesteps})")
-    i = np.arange(steps, dtype=np.int64)
-    if spacing == "uniform":
-        ascending = i * timesteps // steps
-    elif spacing == "trailing":
-        k = np.arange(1, steps + 1, dtype=np.int64)
-        ascending = np.round(k * timesteps / steps).astype(np.int64) - 1
-    else:
-        if spacing == "quadratic":
-            raw = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(np.int64)
-        else:
-            raw = _nearest_log_snr(schedule, timesteps, steps)
-        distinct = i + np.maximum.accumulate(raw - i)  # raw[i] ↑ to ≥ previous + 1
-        ascending = np.minimum(distinct, timesteps - steps + i)
-    return ascending[::-1].copy()
+    return _ASCENDING[spacing](timesteps, steps, schedule)[::-1].copy()
+
+
+def _uniform(timesteps: int, steps: int, schedule: NoiseSchedule | None) -> np.ndarray:
+    return np.arange(steps, dtype=np.int64) * timesteps // steps
+
+
+def _trailing(timesteps: int, steps: int, schedule: NoiseSchedule | None) -> np.ndarray:
+    k = np.arange(1, steps + 1, dtype=np.int64)
+    return np.round(k * timesteps / steps).astype(np.int64) - 1
+
+
+def _quadratic(timesteps: int, steps: int, schedule: NoiseSchedule | None) -> np.ndarray:
+    raw = (np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2).astype(np.int64)
+    return _distinct(raw, timesteps)
+
+
+def _log_snr(timesteps: int, steps: int, schedule: NoiseSchedule | None) -> np.ndarray:
+    return _distinct(_nearest_log_snr(schedule, timesteps, steps), timesteps)
+
+
+def _distinct(raw: np.ndarray, timesteps: int) -> np.ndarray:
+    """Ascending `raw` with each value raised to one above its predecessor, capped at
+    T − S + i so that all S stay below T; unchanged when already distinct."""
+    i = np.arange(len(raw), dtype=np.int64)
+    distinct = i + np.maximum.accumulate(raw - i)  # raw[i] ↑ to ≥ previous + 1
+    return np.minimum(distinct, timesteps - len(raw) + i)
+
+
+# `sample.spacing` → its ascending timesteps; the keys are the spacings config allows.
+_ASCENDING: dict[str, Callable[[int, int, NoiseSchedule | None], np.ndarray]] = {
+    "uniform": _uniform, "quadratic": _quadratic, "trailing": _trailing, "logsnr": _log_snr}
+SPACINGS = tuple(_ASCENDING)
 
 
 def _nearest_log_snr(schedule: NoiseSchedule | None, timesteps: int, steps: int) -> np.ndarray:
@@ -147,131 +146,116 @@ def _nearest_log_snr(schedule: NoiseSchedule | None, timesteps: int, steps: int)
     return nearest
 
 
-# ---------------------------------------------------------------- shared pieces
-
-
-def _check_noise(noise: torch.Tensor, generators: Sequence[torch.Generator]) -> None:
-    if noise.shape[0] != len(generators):
-        raise ValueError(f"{noise.shape[0]} noise rows but {len(generators)} generators")
-
-
-def _frame_steps(n_steps: int, frames: int) -> set[int]:
-    """Indices of `frames` evenly spaced steps out of n_steps, first and last included.
-
-    One frame means the last step (the finished sample); more than n_steps gives all.
-    """
-    if frames <= 0:
-        return set()
-    if frames == 1:
-        return {n_steps - 1}
-    return set(np.round(np.linspace(0, n_steps - 1, frames)).astype(int).tolist())
-
-
-def _denoise(model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: int,
-             prediction: str, clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂_0, ε̂) at (x_t, t); with clipping, ε̂ is recomputed from the clipped x̂_0.
-
-    Recomputing ε̂ keeps x_t = √ᾱ·x̂_0 + √(1−ᾱ)·ε̂ true after the clamp, which is
-    what makes DDIM with η = 1 and every step equal DDPM (DDIM code, diffusers).
-    """
-    t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)  # [B]
-    output = model(x, t_batch).to(x.dtype)
-    x0_hat, eps_hat = predict_x0_and_eps(schedule, x, t_batch, output, prediction)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1, 1)
-        eps_hat = predict_x0_and_eps(schedule, x, t_batch, x0_hat, "x0")[1]
-    return x0_hat, eps_hat
-
-
-def _frame(t: int, x: torch.Tensor, x0_hat: torch.Tensor) -> Frame:
-    return t, x.detach().to("cpu", copy=True), x0_hat.detach().to("cpu", copy=True)
 
 
 # ---------------------------------------------------------------- samplers
 
 
-@torch.no_grad()
+def check_generators(noise: torch.Tensor, generators: Sequence[torch.Generator]) -> None:
+    """One generator per row of `noise`: sample i draws only from generators[i]."""
+    if noise.shape[0] != len(generators):
+        raise ValueError(f"{noise.shape[0]} noise rows but {len(generators)} generators")
+
+
+# σ_t of the DDPM step at t: β̃_t ("small") or β_t ("large"), the two bounds of Ho et al.
+# 2020, §3.2. Per step, as a Python float: float64 scalars, rounded as they always were.
+_POSTERIOR_STD: dict[str, Callable[[NoiseSchedule, int], float]] = {
+    "small": lambda schedule, t: float(torch.exp(0.5 * schedule.posterior_log_variance_clipped[t])),
+    "large": lambda schedule, t: float(schedule.betas[t].sqrt()),
+}
+VARIANCES = tuple(_POSTERIOR_STD)
+
+
+@dataclass(frozen=True)
+class DDPMStepper:
+    """Ancestral steps over all T timesteps (Ho et al. 2020 "DDPM", Algorithm 2).
+
+    Each step draws x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I), the posterior of eq. 7 with
+    x̂_0 in place of x_0 (equivalent to Algorithm 2's ε form, and it lets x̂_0 be
+    clipped), σ_t² per `variance`; sample i's noise comes from generators[i]. The
+    last step returns x̂_0 with no noise (μ̃ at the first step is exactly x̂_0).
+    """
+
+    schedule: NoiseSchedule
+    generators: Sequence[torch.Generator]
+    variance: str = "small"
+
+    @property
+    def timesteps(self) -> range:
+        return range(self.schedule.timesteps - 1, -1, -1)
+
+    def step(self, i: int, x: torch.Tensor, x0_hat: torch.Tensor,
+             eps_hat: torch.Tensor) -> torch.Tensor:
+        t = self.timesteps[i]
+        if t == 0:
+            return x0_hat
+        mean = (float(self.schedule.posterior_mean_coef1[t]) * x0_hat
+                + float(self.schedule.posterior_mean_coef2[t]) * x)
+        std = _POSTERIOR_STD[self.variance](self.schedule, t)
+        z = initial_noise(self.generators, tuple(x.shape[1:]), x.device, x.dtype)
+        return mean + std * z
+
+
+@dataclass(frozen=True)
+class DDIMStepper:
+    """DDIM steps over `timesteps` (Song et al. 2021 "DDIM", eq. 12).
+
+    x_prev = √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ²) · ε̂ + σ · z, with
+    σ = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)   (eq. 16);
+    z from generators[i] for sample i, drawn only when η > 0.
+    """
+
+    schedule: NoiseSchedule
+    timesteps: list[int]
+    generators: Sequence[torch.Generator]
+    eta: float = 0.0
+
+    def step(self, i: int, x: torch.Tensor, x0_hat: torch.Tensor,
+             eps_hat: torch.Tensor) -> torch.Tensor:
+        if i == len(self.timesteps) - 1:
+            return x0_hat  # ᾱ_prev = 1: σ = 0 and the direction term vanishes
+        alpha_bar = float(self.schedule.alphas_cumprod[self.timesteps[i]])
+        alpha_bar_prev = float(self.schedule.alphas_cumprod[self.timesteps[i + 1]])
+        sigma = self.eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)
+                            * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
+        # η > 1 can push σ² past 1 − ᾱ_prev; the direction term then vanishes.
+        direction = max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5
+        x = alpha_bar_prev**0.5 * x0_hat + direction * eps_hat
+        if self.eta > 0:
+            x = x + sigma * initial_noise(self.generators, tuple(x.shape[1:]), x.device, x.dtype)
+        return x
+
+
 def ddpm_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
                 generators: Sequence[torch.Generator], *, prediction: str = "eps",
                 variance: str = "small", clip_x0: bool = True, trajectory_frames: int = 0,
                 progress: Callable[[], object] | None = None) -> SampleResult:
-    """Ancestral sampling over all T steps (Ho et al. 2020 "DDPM", Algorithm 2).
+    """Ancestral sampling over all T steps (`DDPMStepper`; Ho et al. 2020, Algorithm 2),
+    σ_t² = β̃_t ("small") or β_t ("large").
 
-    Each step draws x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I), the posterior of eq. 7 with
-    x̂_0 in place of x_0 (equivalent to Algorithm 2's ε form, and it lets x̂_0 be
-    clipped). σ_t² is β̃_t ("small") or β_t ("large"), the two bounds of §3.2.
     `noise` is x_T [B, C, H, W]; sample i's step noise comes from generators[i].
-    The last step returns x̂_0 with no noise (μ̃ at the first step is exactly x̂_0).
     `progress`, when given, is called with no arguments after every step.
     """
-    check_prediction(prediction)
-    if variance not in VARIANCES:
-        raise ConfigError(f"sample.variance = {variance!r}: must be one of "
-                          + ", ".join(repr(v) for v in VARIANCES))
-    _check_noise(noise, generators)
-    T = schedule.timesteps
-    frame_steps = _frame_steps(T, trajectory_frames)
-    trajectory: list[Frame] = []
-    x = noise
-    for i, t in enumerate(range(T - 1, -1, -1)):
-        x0_hat, _ = _denoise(model, schedule, x, t, prediction, clip_x0)
-        if i in frame_steps:
-            trajectory.append(_frame(t, x, x0_hat))
-        if t == 0:
-            x = x0_hat
-        else:
-            mean = (float(schedule.posterior_mean_coef1[t]) * x0_hat
-                    + float(schedule.posterior_mean_coef2[t]) * x)
-            if variance == "small":
-                std = float(torch.exp(0.5 * schedule.posterior_log_variance_clipped[t]))
-            else:
-                std = float(schedule.betas[t].sqrt())
-            z = initial_noise(generators, tuple(x.shape[1:]), x.device, x.dtype)
-            x = mean + std * z
-        if progress is not None:
-            progress()
-    return SampleResult(images=x, trajectory=trajectory)
+    check_generators(noise, generators)
+    return sample_loop(DDPMStepper(schedule, generators, variance),
+                       Denoiser(model, schedule, prediction, clip_x0), noise,
+                       trajectory_frames=trajectory_frames, progress=progress)
 
 
-@torch.no_grad()
 def ddim_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
                 generators: Sequence[torch.Generator], *, steps: int, eta: float = 0.0,
                 spacing: str = "uniform", prediction: str = "eps", clip_x0: bool = True,
                 trajectory_frames: int = 0,
                 progress: Callable[[], object] | None = None) -> SampleResult:
-    """DDIM sampling over S = `steps` timesteps (Song et al. 2021 "DDIM", eq. 12).
+    """DDIM sampling over S = `steps` timesteps (`DDIMStepper`; Song et al. 2021, eq. 12).
 
-    x_prev = √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ²) · ε̂ + σ · z, with
-    σ = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)   (eq. 16).
     η = 0 is deterministic; η = 1 with S = T is DDPM with β̃_t and, since noise is
     drawn from generators[i] at the same steps in the same order, reproduces
     `ddpm_sample(variance="small")` sample for sample. Timesteps: `ddim_timesteps`.
     `progress`, when given, is called with no arguments after every step.
     """
-    check_prediction(prediction)
-    if eta < 0:
-        raise ConfigError(f"sample.eta = {eta}: must be >= 0")
-    _check_noise(noise, generators)
+    check_generators(noise, generators)
     taus = ddim_timesteps(schedule.timesteps, steps, spacing, schedule=schedule).tolist()
-    frame_steps = _frame_steps(len(taus), trajectory_frames)
-    trajectory: list[Frame] = []
-    x = noise
-    for i, t in enumerate(taus):
-        x0_hat, eps_hat = _denoise(model, schedule, x, t, prediction, clip_x0)
-        if i in frame_steps:
-            trajectory.append(_frame(t, x, x0_hat))
-        if i == len(taus) - 1:
-            x = x0_hat  # ᾱ_prev = 1: σ = 0 and the direction term vanishes
-        else:
-            alpha_bar = float(schedule.alphas_cumprod[t])
-            alpha_bar_prev = float(schedule.alphas_cumprod[taus[i + 1]])
-            sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)
-                           * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
-            # η > 1 can push σ² past 1 − ᾱ_prev; the direction term then vanishes.
-            direction = max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5
-            x = alpha_bar_prev**0.5 * x0_hat + direction * eps_hat
-            if eta > 0:
-                x = x + sigma * initial_noise(generators, tuple(x.shape[1:]), x.device, x.dtype)
-        if progress is not None:
-            progress()
-    return SampleResult(images=x, trajectory=trajectory)
+    return sample_loop(DDIMStepper(schedule, taus, generators, eta),
+                       Denoiser(model, schedule, prediction, clip_x0), noise,
+                       trajectory_frames=trajectory_frames, progress=progress)

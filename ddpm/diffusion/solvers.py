@@ -20,7 +20,7 @@ only ever drew x_T. The update rules are diffusers' (`DPMSolverMultistepSchedule
 - σ_t = √((1 − ᾱ_t)/ᾱ_t) at those timesteps comes from this project's float64 schedule,
   written over what `set_timesteps` computed from diffusers' float32 ᾱ (which, for t
   near 0 where 1 − ᾱ_t ≈ 1e-4, is off by ~1e-3 relative).
-- The network's output goes through `_denoise`, the x̂_0 (and its clipping to [−1, 1]
+- The network's output goes through the `Denoiser`, the x̂_0 (and its clipping to [−1, 1]
   with `clip_x0`) every sampler here uses, and is handed over as x̂_0
   (`prediction_type="sample"`). That is the same as giving diffusers the raw output
   with `prediction_type` epsilon / v_prediction / sample and `thresholding=True`,
@@ -37,14 +37,16 @@ not need it.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ddpm.diffusion.forward import Model, check_prediction
-from ddpm.diffusion.samplers import (Frame, SampleResult, _check_noise, _denoise, _frame,
-                                     _frame_steps, ddim_timesteps)
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.forward import Model
+from ddpm.diffusion.loop import SampleResult, sample_loop
+from ddpm.diffusion.samplers import check_generators, ddim_timesteps
 from ddpm.diffusion.schedules import NoiseSchedule
 
 
@@ -89,29 +91,19 @@ def unipc_scheduler(schedule: NoiseSchedule, taus: np.ndarray, order: int = 2):
     return prepare_scheduler(scheduler, schedule, taus)
 
 
-def _solve(scheduler_for: Callable, model: Model, schedule: NoiseSchedule,
-           noise: torch.Tensor, generators: Sequence[torch.Generator], *, steps: int,
-           spacing: str, prediction: str, clip_x0: bool, trajectory_frames: int,
-           progress: Callable[[], object] | None) -> SampleResult:
-    """The shared loop: x̂_0 at each timestep, one scheduler step, optional frames."""
-    check_prediction(prediction)
-    _check_noise(noise, generators)
-    taus = ddim_timesteps(schedule.timesteps, steps, spacing, schedule=schedule)  # descending
-    scheduler = scheduler_for(schedule, taus)
-    frame_steps = _frame_steps(len(taus), trajectory_frames)
-    trajectory: list[Frame] = []
-    x = noise
-    for i, t in enumerate(taus.tolist()):
-        x0_hat, _ = _denoise(model, schedule, x, t, prediction, clip_x0)
-        if i in frame_steps:
-            trajectory.append(_frame(t, x, x0_hat))
-        x = scheduler.step(x0_hat, t, x).prev_sample  # the last step returns x0_hat itself
-        if progress is not None:
-            progress()
-    return SampleResult(images=x, trajectory=trajectory)
+@dataclass(frozen=True)
+class SchedulerStepper:
+    """A prepared diffusers multistep scheduler (`prepare_scheduler`) as a stepper for the
+    one loop: its `step`, fed x̂_0, keeps the multistep history between calls."""
+
+    scheduler: Any
+    timesteps: list[int]
+
+    def step(self, i: int, x: torch.Tensor, x0_hat: torch.Tensor,
+             eps_hat: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(x0_hat, self.timesteps[i], x).prev_sample  # last: x0_hat
 
 
-@torch.no_grad()
 def dpm_solver_pp_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
                          generators: Sequence[torch.Generator], *, steps: int,
                          spacing: str = "uniform", prediction: str = "eps",
@@ -129,12 +121,13 @@ def dpm_solver_pp_sample(model: Model, schedule: NoiseSchedule, noise: torch.Ten
     `noise` is x_T; `generators` are only checked (nothing random is drawn).
     `order` 1 is DDIM with η = 0; 3 is DPM-Solver++(3M).
     """
-    return _solve(lambda s, taus: dpm_solver_pp_scheduler(s, taus, order), model, schedule,
-                  noise, generators, steps=steps, spacing=spacing, prediction=prediction,
-                  clip_x0=clip_x0, trajectory_frames=trajectory_frames, progress=progress)
+    check_generators(noise, generators)
+    taus = ddim_timesteps(schedule.timesteps, steps, spacing, schedule=schedule)  # descending
+    stepper = SchedulerStepper(dpm_solver_pp_scheduler(schedule, taus, order), taus.tolist())
+    return sample_loop(stepper, Denoiser(model, schedule, prediction, clip_x0), noise,
+                       trajectory_frames=trajectory_frames, progress=progress)
 
 
-@torch.no_grad()
 def unipc_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
                  generators: Sequence[torch.Generator], *, steps: int,
                  spacing: str = "uniform", prediction: str = "eps", clip_x0: bool = True,
@@ -146,6 +139,8 @@ def unipc_sample(model: Model, schedule: NoiseSchedule, noise: torch.Tensor,
     stays one evaluation per timestep (`steps` in all); no corrector after the last.
     `noise` is x_T; `generators` are only checked (nothing random is drawn).
     """
-    return _solve(lambda s, taus: unipc_scheduler(s, taus, order), model, schedule, noise,
-                  generators, steps=steps, spacing=spacing, prediction=prediction,
-                  clip_x0=clip_x0, trajectory_frames=trajectory_frames, progress=progress)
+    check_generators(noise, generators)
+    taus = ddim_timesteps(schedule.timesteps, steps, spacing, schedule=schedule)  # descending
+    stepper = SchedulerStepper(unipc_scheduler(schedule, taus, order), taus.tolist())
+    return sample_loop(stepper, Denoiser(model, schedule, prediction, clip_x0), noise,
+                       trajectory_frames=trajectory_frames, progress=progress)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ddpm.diffusion.registry import get_sampler, sampler_nfe
+from ddpm.diffusion.registry import get_sampler, sampler_nfe, takes_steps
 from ddpm.errors import ConfigError
 from ddpm.evaluation.reference import rebatch
 from ddpm.io.atomic import write_atomically
@@ -42,8 +42,7 @@ def sweep_points(samplers: Sequence[str], steps_list: Sequence[int],
         raise ConfigError("sample.sweep_steps = []: give at least one step count")
     points = []
     for name in dict.fromkeys(samplers):  # each once, in the given order
-        uses_steps = "steps" in get_sampler(name).options.values()
-        for steps in (dict.fromkeys(steps_list) if uses_steps else [None]):
+        for steps in (dict.fromkeys(steps_list) if takes_steps(name) else [None]):
             points.append((name, steps, sampler_nfe(name, steps or 1, timesteps)))
     return points
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, Mapping
 
 from ddpm.config import bounded, listed
 from ddpm.diffusion.config import refuse_steps_beyond_timesteps
-from ddpm.diffusion.registry import SAMPLER_NAMES
+from ddpm.diffusion.registry import SAMPLER_NAMES, takes_steps
 from ddpm.errors import ConfigError
 
 
@@ -52,7 +52,8 @@ class TrainConfig:
                               "mlflow beside it, e.g. [dvclive, mlflow]")
 
     def check_sections(self, loaded: Mapping[str, Any]) -> None:
-        """Loaded with `diffusion`: the preview's steps must not exceed T (ddpm runs all T)."""
-        if "diffusion" in loaded and self.preview_sampler != "ddpm":
+        """Loaded with `diffusion`: the preview's steps must not exceed T (when its sampler
+        takes steps; ddpm runs all T)."""
+        if "diffusion" in loaded and takes_steps(self.preview_sampler):
             refuse_steps_beyond_timesteps("train.preview_steps", self.preview_steps,
                                           self.preview_steps, loaded["diffusion"].timesteps)
