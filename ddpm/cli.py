@@ -40,7 +40,8 @@ _PRECISION = typer.Option(_SAMPLE.precision,
                                "bf16-mixed (the network under bf16 autocast).")
 _COMPILE = typer.Option(_SAMPLE.compile, help="none | default | reduce-overhead "
                                               "(torch.compile; + CUDA graphs).")
-_DEVICE = typer.Option("auto", help="auto (the GPU if any) | cpu | cuda | cuda:N")
+_DEVICE = typer.Option(_SAMPLE.accelerator, help="auto (the GPU if CUDA sees one) | cpu | gpu, "
+                                                  "as sample.accelerator")
 
 
 def _sample_settings(**options):
@@ -101,8 +102,8 @@ def sample(
                                 solver_spacing=solver_spacing, variance=variance,
                                 clip_x0=clip_x0, use_ema=use_ema, seed=seed,
                                 batch_size=batch_size, precision=precision,
-                                compile=compile)
-    engine = open_generator(models, settings, device)
+                                compile=compile, accelerator=device)
+    engine = open_generator(models, settings)
     typer.echo(write_images(draw(engine), out))
 
 
@@ -122,8 +123,8 @@ def trajectory(
     settings = _sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                 solver_spacing=solver_spacing, variance=variance,
                                 clip_x0=clip_x0, use_ema=use_ema, seed=seed,
-                                precision=precision)
-    typer.echo(write_movie(open_generator(models, settings, device), out))
+                                precision=precision, accelerator=device)
+    typer.echo(write_movie(open_generator(models, settings), out))
 
 
 @app.command()

@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -121,8 +121,14 @@ def _check_bounds(value: Any, bounds: dict, key: str) -> None:
                 raise ConfigError(f"{key} = {value!r}: must be {allowed}")
 
 
-def build_section(cls: type, raw: Any, section: str) -> Any:
-    """Build the frozen dataclass `cls` from the mapping `raw`, validating every key."""
+def build_section(cls: type, raw: Any, section: str,
+                  key: Callable[[str], str] | None = None) -> Any:
+    """Build the frozen dataclass `cls` from the mapping `raw`, validating every key.
+
+    Messages name a field as `key(name)`, by default `section.name` (params.yaml's
+    spelling); the command line passes its own (`--batch-size`).
+    """
+    key = key or (lambda name: f"{section}.{name}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -131,13 +137,12 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are "
+        raise ConfigError(f"{key(unknown[0])}: unknown key; allowed keys are "
                           + ", ".join(fields))
     kwargs = {}
     for name, value in raw.items():
-        key = f"{section}.{name}"
-        value = _coerce(value, hints[name], key)
-        _check_bounds(value, fields[name].metadata.get("bounds", {}), key)
+        value = _coerce(value, hints[name], key(name))
+        _check_bounds(value, fields[name].metadata.get("bounds", {}), key(name))
         kwargs[name] = value
     return cls(**kwargs)
 

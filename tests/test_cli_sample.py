@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -77,7 +78,7 @@ def test_trajectory_writes_the_generate_stages_movie(model_dir, generated, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["sample", "{missing}"], "no trained model"),
-    (["sample", "{models}", "--steps", "5000"], "--steps 5000: must be <= the model's"),
+    (["sample", "{models}", "--steps", "5000"], "--steps = 5000: must be <= diffusion.timesteps"),
     (["sample", "{models}", "--sampler", "euler"], "--sampler = 'euler': must be one of"),
     (["sample", "{models}", "--compile", "max"], "--compile = 'max': must be one of 'none'"),
     (["trajectory", "{models}", "--out", "{tmp}/movie.mp4"], "give a path ending in .gif"),
@@ -92,4 +93,20 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(model_dir, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+NO_GPU = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "--device = 'cuda': must be one of 'auto', 'cpu', 'gpu'"),
+    pytest.param("gpu", "--device = 'gpu': no GPU is visible on this machine",
+                 marks=pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")),
+])
+def test_device_takes_the_stages_accelerator_values(model_dir, tmp_path, device, message):
+    """--device is sample.accelerator, resolved by the stages' rule (ddpm.io.devices)."""
+    result = ddpm("sample", model_dir, "--device", device, "--out", tmp_path / "g.png")
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -7,51 +7,38 @@ when the settings and the kind of device (CPU or GPU) are the same.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ddpm.config import build_section
-from ddpm.errors import ConfigError, DdpmError
+from ddpm.errors import DdpmError
 from ddpm.io.atomic import write_atomically
+from ddpm.io.devices import torch_device
 from ddpm.io.progress import progress_bar
-from ddpm.sampling.config import SampleConfig
+from ddpm.sampling.config import SampleConfig, check_steps
 from ddpm.sampling.generate import Generator, load_generator, write_grid, write_trajectory
+
+OPTION_NAMES = {"accelerator": "device"}  # the `sample` fields whose option is named otherwise
+
+
+def option_name(name: str) -> str:
+    """A `sample` field as the command line spells it: batch_size → --batch-size."""
+    return "--" + OPTION_NAMES.get(name, name).replace("_", "-")
 
 
 def sample_settings(options: dict) -> SampleConfig:
     """`SampleConfig` from command-line options; a bad value names its option (--steps)."""
-    try:
-        return build_section(SampleConfig, options, "sample")
-    except ConfigError as err:
-        raise ConfigError(re.sub(r"^sample\.(\w+)", lambda m: "--" + m[1].replace("_", "-"),
-                                 str(err))) from None
+    return build_section(SampleConfig, options, "sample", key=option_name)
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' = the GPU when there is one, else the CPU; otherwise a torch device name."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise DdpmError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") \
-            from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DdpmError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
-    return resolved
-
-
-def open_generator(model_dir: Path, sample: SampleConfig, device: str) -> Generator:
-    """The trained model's Generator; steps beyond the model's T are refused."""
-    engine = load_generator(model_dir, sample, resolve_device(device))
-    timesteps = engine.schedule.timesteps
-    if sample.sampler != "ddpm" and sample.steps > timesteps:
-        raise ConfigError(f"--steps {sample.steps}: must be <= the model's diffusion.timesteps "
-                          f"({timesteps}); lower --steps")
+def open_generator(model_dir: Path, sample: SampleConfig) -> Generator:
+    """The trained model's Generator on `sample.accelerator` (--device), resolved by the
+    stages' rule; steps beyond the model's T are refused as params' are."""
+    device = torch_device("sample", sample.accelerator, key=option_name)
+    engine = load_generator(model_dir, sample, device)
+    check_steps(sample, engine.schedule.timesteps, key=option_name)
     return engine
 
 
