@@ -1,15 +1,15 @@
 """DVC stage `timestep_loss`: models/ + holdout images + params (analysis, sample.variance,
-sample.clip_x0) → analysis/."""
+sample.clip_x0) → analysis/, on analysis.accelerator's device."""
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
 from ddpm.evaluation.config import AnalysisConfig
 from ddpm.evaluation.timestep_loss import analyse
+from ddpm.io.devices import torch_device
 from ddpm.sampling.config import SampleConfig
 
 
@@ -22,7 +22,7 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="The params file.
     bound on its holdout NLL (bits/dim) for the DDPM reverse process of sample.variance
     and sample.clip_x0."""
     config = load_params(params, sample=SampleConfig, analysis=AnalysisConfig)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device("analysis", config.analysis.accelerator)
     metrics = analyse(models, data, out, config.analysis, device,
                       variance=config.sample.variance, clip_x0=config.sample.clip_x0)
     print("loss per timestep: " + ", ".join(f"{k} {v:.4f}"

@@ -19,6 +19,7 @@ NO_GPU = not torch.cuda.is_available() and not torch.backends.mps.is_available()
                         "--live", "live"]),
     ("generate", "sample", ["--models", "models", "--out", "samples"]),
     ("fid_ref", "fid", ["--data", "data", "--out", "fid_ref/stats.npz"]),
+    ("timestep_loss", "analysis", ["--models", "models", "--data", "data", "--out", "analysis"]),
 ])
 def test_gpu_accelerator_without_a_gpu_is_one_line_and_exit_2(tmp_path, stage, section,
                                                               outputs):
@@ -50,3 +51,4 @@ def test_fid_device_follows_fid_accelerator(monkeypatch):
         assert torch_device("fid", "auto") == ("cuda" if cuda else "cpu")
         assert torch_device("fid", "cpu") == "cpu"
     assert torch_device("fid", "gpu") == "cuda"
+

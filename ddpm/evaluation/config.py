@@ -37,3 +37,4 @@ class AnalysisConfig:
     nll_images: int = bounded(32, ge=2)       # bits/dim bound: holdout images (>= 2: an se)
     nll_exact_below: int = bounded(50, ge=1)  # timesteps 0..this−1 exact (0: the decoder)
     nll_strata: int = bounded(50, ge=1)       # one timestep drawn per stratum above them
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # ddpm/io/devices.py's rule
