@@ -10,13 +10,14 @@ from ddpm.errors import one_line_errors
 from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.score import score_samples
 from ddpm.io.devices import torch_device
+from stages.options import DATA, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+def main(params: Path = PARAMS,
          samples: Path = typer.Option(Path("samples"), help="Generated samples folder."),
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
-         data: Path = typer.Option(Path("data/prepared"), help="Prepared data (real pixels)."),
+         data: Path = DATA,
          figures: Path = typer.Option(Path("memorisation"), help="Memorisation figures."),
          out: Path = typer.Option(Path("metrics/fid.json"), help="Output metrics.")) -> None:
     """Sample metrics of samples/ against the reference (pytorch-fid's FID and network)."""

@@ -9,11 +9,12 @@ from ddpm.errors import one_line_errors
 from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.reference import reference_statistics
 from ddpm.io.devices import torch_device
+from stages.options import DATA, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
-         data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
+def main(params: Path = PARAMS,
+         data: Path = DATA,
          out: Path = typer.Option(Path("fid_ref/stats.npz"), help="Output statistics.")) -> None:
     """μ and Σ of the 2048-d Inception pool features of fid.ref_split (pytorch-fid's .npz),
     and the features of up to fid.max_real images per split and of the memorisation check's

@@ -12,11 +12,12 @@ from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.sweep import fid_sweep
 from ddpm.io.devices import torch_device
 from ddpm.sampling.config import SampleConfig
+from stages.options import MODELS, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
-         models: Path = typer.Option(Path("models"), help="Trained model folder."),
+def main(params: Path = PARAMS,
+         models: Path = MODELS,
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
          out: Path = typer.Option(Path("sweep"), help="Output folder.")) -> None:
     """sample.sweep_n samples per sampler and step count, each scored by FID."""

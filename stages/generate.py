@@ -15,11 +15,12 @@ from ddpm.errors import one_line_errors
 from ddpm.io.devices import check_accelerator
 from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import generate
+from stages.options import MODELS, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
-         models: Path = typer.Option(Path("models"), help="Trained model folder."),
+def main(params: Path = PARAMS,
+         models: Path = MODELS,
          out: Path = typer.Option(Path("samples"), help="Output folder.")) -> None:
     """Generate sample.n images with the configured sampler."""
     # diffusion only to refuse sample.steps beyond T at once (models/ has the model's T).

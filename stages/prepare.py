@@ -9,10 +9,11 @@ from ddpm.data.config import DataConfig
 from ddpm.data.prepare import prepare_dataset, summary
 from ddpm.errors import one_line_errors
 from ddpm.models.config import ModelConfig
+from stages.options import PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+def main(params: Path = PARAMS,
          out: Path = typer.Option(Path("data/prepared"), help="Output folder.")) -> None:
     """Prepare the data set named by data.source for training."""
     config = load_params(params, data=DataConfig, model=ModelConfig)

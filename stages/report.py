@@ -7,10 +7,11 @@ import typer
 from ddpm.errors import one_line_errors
 from ddpm.reporting.config import load_all
 from ddpm.reporting.report import RunOutputs, build_report
+from stages.options import PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+def main(params: Path = PARAMS,
          out: Path = typer.Option(Path("reports/report.md"), help="The report to write.")
          ) -> None:
     """Write the run's markdown report with its figures."""

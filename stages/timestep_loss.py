@@ -11,12 +11,13 @@ from ddpm.evaluation.config import AnalysisConfig
 from ddpm.evaluation.timestep_loss import analyse
 from ddpm.io.devices import torch_device
 from ddpm.sampling.config import SampleConfig
+from stages.options import DATA, MODELS, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
-         models: Path = typer.Option(Path("models"), help="Trained model folder."),
-         data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
+def main(params: Path = PARAMS,
+         models: Path = MODELS,
+         data: Path = DATA,
          out: Path = typer.Option(Path("analysis"), help="Output folder.")) -> None:
     """Per-pixel MSE of the trained EMA model at a fixed grid of timesteps, and an upper
     bound on its holdout NLL (bits/dim) for the DDPM reverse process of sample.variance

@@ -11,11 +11,12 @@ from ddpm.errors import one_line_errors
 from ddpm.models.config import ModelConfig
 from ddpm.training.config import TrainConfig
 from ddpm.training.run import train
+from stages.options import DATA, PARAMS
 
 
 @one_line_errors
-def main(params: Path = typer.Option(Path("params.yaml"), help="The params file."),
-         data: Path = typer.Option(Path("data/prepared"), help="Prepared data set."),
+def main(params: Path = PARAMS,
+         data: Path = DATA,
          models: Path = typer.Option(Path("models"), help="Output: EMA weights + config."),
          state: Path = typer.Option(Path("state/train"), help="Resume checkpoint folder."),
          live: Path = typer.Option(Path("dvclive"), help="DVCLive metrics and plots."),

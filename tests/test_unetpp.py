@@ -12,7 +12,6 @@ from torch import nn
 
 from ddpm.errors import ConfigError
 from ddpm.models.config import ModelConfig
-from ddpm.models.layers import AttentionBlock
 from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
 from ddpm.models.registry import ARCHITECTURES, build_model
 from ddpm.models.unetpp import UNetPP
@@ -111,14 +110,7 @@ def test_top_pathway_is_dense_and_gives_the_prediction():
 def test_attention_sits_at_every_node_of_a_level_that_asks_for_it():
     """Log #9 at 64: down_attn[3] puts attention in X^{3,0} and X^{3,1} (8×8); mid at 4×4."""
     model = build_model(config(64, **LOG9_SMALL))
-    seen = []
-    for name, module in model.named_modules():
-        if isinstance(module, AttentionBlock):
-            module.register_forward_hook(
-                lambda m, args, out, name=name: seen.append((name.split(".")[0], out.shape[-1])))
-    with torch.no_grad():
-        forward(model, 1, 64)
-    assert seen == [("backbone", 8), ("mid", 4), ("nested", 8)]
+    assert tiny.attention_sites(model, 64) == [("backbone", 8), ("mid", 4), ("nested", 8)]
 
 
 def test_up_keys_are_unused():
@@ -135,25 +127,14 @@ def test_up_keys_are_unused():
 # -------------------------------------------------------- layout errors
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (dict(down_attn=[], down_channel_indices=[]), "model.down_attn"),
-    (dict(down_channel_indices=[[0, 0], [0, 1], [1, 2]]), "model.down_channel_indices"),
-    (dict(mid_attn=[True]), "model.mid_channel_indices"),
+@pytest.mark.parametrize("overrides, key", [*tiny.BAD_LAYOUTS_OF_BOTH_UNETS,
     (dict(mid_channel_indices=[[3, 4], [4, 9], [4, 3]]), "model.mid_channel_indices[1]"),
     (dict(down_channel_indices=[[0, 0], [0, 1], [2, 2], [2, 3]]),
      "model.down_channel_indices[2]"),
-    (dict(mid_channel_indices=[[2, 4], [4, 4], [4, 3]]), "model.mid_channel_indices[0]"),
-    (dict(channels=[64, 0, 256, 512, 1024]), "model.channels[1]"),
-    (dict(img_size=100), "model.img_size"),
-    (dict(channels=[64, 128, 250, 512, 1024]), "model.norm_groups"),
-    (dict(num_heads=3), "model.num_heads"),
 ])
 def test_bad_layout_raises_one_line_config_error_naming_the_key(overrides, key):
-    with pytest.raises(ConfigError) as err:
-        build_model(config(**{**LOG9, "img_size": 256, **overrides}))
-    message = str(err.value)
-    assert key in message
-    assert "\n" not in message and ": " in message  # one line: what, then the fix
+    tiny.assert_one_line_config_error(
+        lambda: build_model(config(**{**LOG9, "img_size": 256, **overrides})), key)
 
 
 # ------------------------------------------------------------- training

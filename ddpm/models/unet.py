@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ddpm.errors import ConfigError
-from ddpm.models.config import ModelConfig
+from ddpm.models.config import ModelConfig, constructor_keywords
 from ddpm.models.layers import (BlockOptions, Downsample, ResidualStack, TimeEmbedding,
                                 Upsample)
 
@@ -154,6 +154,17 @@ def check_layout(*, img_size: int, channels: Sequence[int], down_attn: Sequence[
 # ------------------------------------------------------------------ network
 
 
+def embedding_blocks_and_stem(base_ch: int, num_heads: int, norm_groups: int, dropout: float,
+                              dropout_kind: str, attn_dropout: float, time_injection: str,
+                              zero_init: bool) -> tuple[TimeEmbedding, BlockOptions, nn.Conv2d]:
+    """What UNet and UNet++ begin with: the time embedding, the options every block shares
+    and the stem conv to `base_ch`, built in this order (the order weights are drawn in)."""
+    time_embedding = TimeEmbedding(base_ch)
+    blocks = BlockOptions(time_embedding.dim, num_heads, norm_groups, dropout, dropout_kind,
+                          attn_dropout, time_injection, zero_init)
+    return time_embedding, blocks, nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
+
+
 class DownLevel(nn.Module):
     """A ResidualStack whose output is a skip, then a stride-2 halving."""
 
@@ -203,14 +214,10 @@ class UNet(nn.Module):
                      up_channel_indices=up_channel_indices, norm_groups=norm_groups,
                      num_heads=num_heads)
         self.img_size = img_size
-        base_ch = channels[down_channel_indices[0][0]]
-        self.time_embedding = TimeEmbedding(base_ch)
-
-        blocks = BlockOptions(self.time_embedding.dim, num_heads, norm_groups, dropout,
-                              dropout_kind, attn_dropout, time_injection, zero_init)
+        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(
+            channels[down_channel_indices[0][0]], num_heads, norm_groups, dropout, dropout_kind,
+            attn_dropout, time_injection, zero_init)
         stack = blocks.stack
-
-        self.stem = nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
         self.down = nn.ModuleList()
         skip_chs = []
         for (i, o), attn in zip(down_channel_indices, down_attn):
@@ -233,14 +240,7 @@ class UNet(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNet":
         """Build from the `model` section of `params.yaml`."""
-        return cls(img_size=config.img_size, channels=config.channels,
-                   down_attn=config.down_attn, down_channel_indices=config.down_channel_indices,
-                   mid_attn=config.mid_attn, mid_channel_indices=config.mid_channel_indices,
-                   up_attn=config.up_attn, up_channel_indices=config.up_channel_indices,
-                   num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
-                   norm_groups=config.norm_groups, dropout=config.dropout,
-                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind,
-                   time_injection=config.time_injection, zero_init=config.zero_init)
+        return cls(**constructor_keywords(cls, config))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] noisy images, t: int64 [B] timesteps -> [B, 3, H, W]."""

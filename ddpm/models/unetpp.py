@@ -61,9 +61,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddpm.models.config import ModelConfig
-from ddpm.models.layers import BlockOptions, TimeEmbedding
-from ddpm.models.unet import IMAGE_CHANNELS, DownLevel, UpLevel, check_layout
+from ddpm.models.config import ModelConfig, constructor_keywords
+from ddpm.models.unet import (IMAGE_CHANNELS, DownLevel, UpLevel, check_layout,
+                             embedding_blocks_and_stem)
 
 NESTED_NODE_BLOCKS = 1  # ResidualBlocks in each nested node X^{i,j≥1} (see module docstring)
 
@@ -97,14 +97,10 @@ class UNetPP(nn.Module):
         self.img_size = img_size
         self.depth = len(down_attn)                          # L: levels 0..L
         widths = level_widths(channels, down_channel_indices, mid_channel_indices)
-        base_ch = channels[down_channel_indices[0][0]]
-        self.time_embedding = TimeEmbedding(base_ch)
-
-        blocks = BlockOptions(self.time_embedding.dim, num_heads, norm_groups, dropout,
-                              dropout_kind, attn_dropout, time_injection, zero_init)
+        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(
+            channels[down_channel_indices[0][0]], num_heads, norm_groups, dropout, dropout_kind,
+            attn_dropout, time_injection, zero_init)
         stack = blocks.stack
-
-        self.stem = nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
         # Column 0: X^{i,0}, i < L, each followed by the halving that feeds X^{i+1,0}.
         self.backbone = nn.ModuleList(
             DownLevel(stack(channels[i], channels[o], num_res_blocks, attn), channels[o])
@@ -124,13 +120,7 @@ class UNetPP(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNetPP":
         """Build from the `model` section of `params.yaml` (the up_* keys are unused)."""
-        return cls(img_size=config.img_size, channels=config.channels,
-                   down_attn=config.down_attn, down_channel_indices=config.down_channel_indices,
-                   mid_attn=config.mid_attn, mid_channel_indices=config.mid_channel_indices,
-                   num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
-                   norm_groups=config.norm_groups, dropout=config.dropout,
-                   attn_dropout=config.attn_dropout, dropout_kind=config.dropout_kind,
-                   time_injection=config.time_injection, zero_init=config.zero_init)
+        return cls(**constructor_keywords(cls, config))
 
     def encode(self, x: torch.Tensor, temb: torch.Tensor) -> list[list[torch.Tensor]]:
         """Column 0 of the grid: nodes[i] = [X^{i,0}] for levels i = 0..L."""
