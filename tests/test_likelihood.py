@@ -149,14 +149,15 @@ def test_bound_on_discretised_gaussian_data_is_at_least_and_near_its_entropy(var
 
 def tiny_net(seed: int = 0) -> torch.nn.Module:
     """An 8 px UNet with no zeroed layers: the default zero-initialises its output to 0."""
+    from ddpm.models.config import ModelConfig
     from ddpm.models.unet import UNet
 
     torch.manual_seed(seed)
-    return UNet(img_size=8, channels=[8, 16], down_attn=[False],
-                down_channel_indices=[[0, 1]], mid_attn=[False],
-                mid_channel_indices=[[1, 1]], up_attn=[False], up_channel_indices=[[1, 0]],
-                num_res_blocks=1, num_heads=1, norm_groups=4, dropout=0.0,
-                attn_dropout=0.0, dropout_kind="element", zero_init=False).eval()
+    return UNet(ModelConfig(img_size=8, channels=[8, 16], down_attn=[False],
+                            down_channel_indices=[[0, 1]], mid_attn=[False],
+                            mid_channel_indices=[[1, 1]], up_attn=[False],
+                            up_channel_indices=[[1, 0]], num_res_blocks=1, num_heads=1,
+                            norm_groups=4, time_injection="add", zero_init=False)).eval()
 
 
 def uint8_images(n: int, side: int = 8, seed: int = 0) -> torch.Tensor:

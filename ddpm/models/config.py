@@ -6,7 +6,6 @@ prepare stage (which reads model.img_size) does not import the networks.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +36,3 @@ class ModelConfig:
     depth: int = bounded(6, ge=1)
     hidden_size: int = bounded(192, ge=8)
 
-
-def constructor_keywords(network: type, config: ModelConfig) -> dict:
-    """The `model` keys `network`'s constructor takes, by name: each one is a params key."""
-    return {name: getattr(config, name) for name in inspect.signature(network).parameters}

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ddpm.errors import ConfigError
-from ddpm.models.config import ModelConfig, constructor_keywords
+from ddpm.models.config import ModelConfig
 from ddpm.models.layers import (BlockOptions, Downsample, ResidualStack, TimeEmbedding,
                                 Upsample)
 
@@ -133,12 +133,15 @@ def _check_divisors(channels: Sequence[int], layers: list[tuple[str, int, Sequen
                 f"num_heads that divides {ch}, or move the attention")
 
 
-def check_layout(*, img_size: int, channels: Sequence[int], down_attn: Sequence[bool],
-                 down_channel_indices: Sequence[Sequence[int]], mid_attn: Sequence[bool],
-                 mid_channel_indices: Sequence[Sequence[int]], up_attn: Sequence[bool],
-                 up_channel_indices: Sequence[Sequence[int]], norm_groups: int,
-                 num_heads: int) -> None:
-    """Raise a one-line ConfigError for the first mistake in a UNet layout."""
+def check_layout(config: ModelConfig, *, up_layers: bool = True) -> None:
+    """Raise a one-line ConfigError for the first mistake in a UNet layout (`model.*`);
+    without `up_layers` (UNet++) the up_* keys are not read."""
+    img_size, channels = config.img_size, config.channels
+    down_attn, down_channel_indices = config.down_attn, config.down_channel_indices
+    mid_attn, mid_channel_indices = config.mid_attn, config.mid_channel_indices
+    up_attn, up_channel_indices = ((config.up_attn, config.up_channel_indices) if up_layers
+                                   else ([], []))
+    norm_groups, num_heads = config.norm_groups, config.num_heads
     _check_lengths(down_attn, down_channel_indices, mid_attn, mid_channel_indices,
                    up_attn, up_channel_indices)
     layers = [(f"model.{part}_channel_indices", i, pair)
@@ -154,14 +157,16 @@ def check_layout(*, img_size: int, channels: Sequence[int], down_attn: Sequence[
 # ------------------------------------------------------------------ network
 
 
-def embedding_blocks_and_stem(base_ch: int, num_heads: int, norm_groups: int, dropout: float,
-                              dropout_kind: str, attn_dropout: float, time_injection: str,
-                              zero_init: bool) -> tuple[TimeEmbedding, BlockOptions, nn.Conv2d]:
+def embedding_blocks_and_stem(config: ModelConfig
+                              ) -> tuple[TimeEmbedding, BlockOptions, nn.Conv2d]:
     """What UNet and UNet++ begin with: the time embedding, the options every block shares
-    and the stem conv to `base_ch`, built in this order (the order weights are drawn in)."""
+    and the stem conv to the first down layer's width, built in this order (the order
+    their weights are drawn in)."""
+    base_ch = config.channels[config.down_channel_indices[0][0]]
     time_embedding = TimeEmbedding(base_ch)
-    blocks = BlockOptions(time_embedding.dim, num_heads, norm_groups, dropout, dropout_kind,
-                          attn_dropout, time_injection, zero_init)
+    blocks = BlockOptions(time_embedding.dim, config.num_heads, config.norm_groups,
+                          config.dropout, config.dropout_kind, config.attn_dropout,
+                          config.time_injection, config.zero_init)
     return time_embedding, blocks, nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
 
 
@@ -201,34 +206,25 @@ class UNet(nn.Module):
     by 2^len(down_attn); `img_size` is checked against that when building.
     """
 
-    def __init__(self, *, img_size: int, channels: Sequence[int], down_attn: Sequence[bool],
-                 down_channel_indices: Sequence[Sequence[int]], mid_attn: Sequence[bool],
-                 mid_channel_indices: Sequence[Sequence[int]], up_attn: Sequence[bool],
-                 up_channel_indices: Sequence[Sequence[int]], num_res_blocks: int,
-                 num_heads: int, norm_groups: int, dropout: float, attn_dropout: float,
-                 dropout_kind: str, time_injection: str = "add", zero_init: bool = False):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        check_layout(img_size=img_size, channels=channels, down_attn=down_attn,
-                     down_channel_indices=down_channel_indices, mid_attn=mid_attn,
-                     mid_channel_indices=mid_channel_indices, up_attn=up_attn,
-                     up_channel_indices=up_channel_indices, norm_groups=norm_groups,
-                     num_heads=num_heads)
-        self.img_size = img_size
-        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(
-            channels[down_channel_indices[0][0]], num_heads, norm_groups, dropout, dropout_kind,
-            attn_dropout, time_injection, zero_init)
+        check_layout(config)
+        self.img_size = config.img_size
+        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(config)
+        channels, num_res_blocks = config.channels, config.num_res_blocks
         stack = blocks.stack
         self.down = nn.ModuleList()
         skip_chs = []
-        for (i, o), attn in zip(down_channel_indices, down_attn):
+        for (i, o), attn in zip(config.down_channel_indices, config.down_attn):
             self.down.append(DownLevel(stack(channels[i], channels[o], num_res_blocks, attn),
                                        channels[o]))
             skip_chs.append(channels[o])
         self.mid = nn.ModuleList(stack(channels[i], channels[o], 1, attn)
-                                 for (i, o), attn in zip(mid_channel_indices, mid_attn))
-        ch = channels[(mid_channel_indices or down_channel_indices)[-1][1]]
+                                 for (i, o), attn in zip(config.mid_channel_indices,
+                                                         config.mid_attn))
+        ch = channels[(config.mid_channel_indices or config.down_channel_indices)[-1][1]]
         self.up = nn.ModuleList()
-        for (i, o), attn in zip(up_channel_indices, up_attn):
+        for (i, o), attn in zip(config.up_channel_indices, config.up_attn):
             self.up.append(UpLevel(ch, stack(channels[i] + skip_chs.pop(), channels[o],
                                              num_res_blocks, attn)))
             ch = channels[o]
@@ -240,7 +236,7 @@ class UNet(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNet":
         """Build from the `model` section of `params.yaml`."""
-        return cls(**constructor_keywords(cls, config))
+        return cls(config)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] noisy images, t: int64 [B] timesteps -> [B, 3, H, W]."""

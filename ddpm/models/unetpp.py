@@ -61,7 +61,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddpm.models.config import ModelConfig, constructor_keywords
+from ddpm.models.config import ModelConfig
 from ddpm.models.unet import (IMAGE_CHANNELS, DownLevel, UpLevel, check_layout,
                              embedding_blocks_and_stem)
 
@@ -83,31 +83,23 @@ class UNetPP(nn.Module):
     divisible by 2^len(down_attn).
     """
 
-    def __init__(self, *, img_size: int, channels: Sequence[int], down_attn: Sequence[bool],
-                 down_channel_indices: Sequence[Sequence[int]], mid_attn: Sequence[bool],
-                 mid_channel_indices: Sequence[Sequence[int]], num_res_blocks: int,
-                 num_heads: int, norm_groups: int, dropout: float, attn_dropout: float,
-                 dropout_kind: str, time_injection: str = "add", zero_init: bool = False):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        # No up layers: the UNet's checks then cover exactly the keys UNet++ reads.
-        check_layout(img_size=img_size, channels=channels, down_attn=down_attn,
-                     down_channel_indices=down_channel_indices, mid_attn=mid_attn,
-                     mid_channel_indices=mid_channel_indices, up_attn=[],
-                     up_channel_indices=[], norm_groups=norm_groups, num_heads=num_heads)
-        self.img_size = img_size
+        check_layout(config, up_layers=False)   # the UNet's checks of the keys UNet++ reads
+        self.img_size = config.img_size
+        channels, down_attn = config.channels, config.down_attn
         self.depth = len(down_attn)                          # L: levels 0..L
-        widths = level_widths(channels, down_channel_indices, mid_channel_indices)
-        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(
-            channels[down_channel_indices[0][0]], num_heads, norm_groups, dropout, dropout_kind,
-            attn_dropout, time_injection, zero_init)
+        widths = level_widths(channels, config.down_channel_indices, config.mid_channel_indices)
+        self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(config)
         stack = blocks.stack
         # Column 0: X^{i,0}, i < L, each followed by the halving that feeds X^{i+1,0}.
         self.backbone = nn.ModuleList(
-            DownLevel(stack(channels[i], channels[o], num_res_blocks, attn), channels[o])
-            for (i, o), attn in zip(down_channel_indices, down_attn))
+            DownLevel(stack(channels[i], channels[o], config.num_res_blocks, attn), channels[o])
+            for (i, o), attn in zip(config.down_channel_indices, down_attn))
         # X^{L,0}: the middle layers at the bottom level.
         self.mid = nn.ModuleList(stack(channels[i], channels[o], 1, attn)
-                                 for (i, o), attn in zip(mid_channel_indices, mid_attn))
+                                 for (i, o), attn in zip(config.mid_channel_indices,
+                                                         config.mid_attn))
         # nested[j-1][i] is X^{i,j}: up-sample X^{i+1,j-1}, concatenate X^{i,0..j-1} (Eq. 1).
         self.nested = nn.ModuleList(
             nn.ModuleList(
@@ -120,7 +112,7 @@ class UNetPP(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNetPP":
         """Build from the `model` section of `params.yaml` (the up_* keys are unused)."""
-        return cls(**constructor_keywords(cls, config))
+        return cls(config)
 
     def encode(self, x: torch.Tensor, temb: torch.Tensor) -> list[list[torch.Tensor]]:
         """Column 0 of the grid: nodes[i] = [X^{i,0}] for levels i = 0..L."""
