@@ -7,6 +7,7 @@ import inspect
 import io
 import os
 import shutil
+import sys
 import textwrap
 import tokenize
 from pathlib import Path
@@ -116,6 +117,24 @@ def standin_inception(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ threads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_test_caches():
+    """Forget what test modules cached (`functools.cache`) in an earlier session of this process.
+
+    A plain run starts with empty caches. mutmut forks each mutant's run from a process
+    that has already run the tests once, so a cached sampler run of the unmutated code
+    would stand in for the mutant's and the mutant would survive unseen (it did: 9 of the
+    DDPM step's mutants, and DDIM's η > 0 arithmetic).
+    """
+    here = Path(__file__).resolve().parent
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().parent == here:
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 @pytest.fixture(scope="module")

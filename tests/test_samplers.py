@@ -714,3 +714,29 @@ def test_solvers_equal_diffusers_fed_the_raw_output(scheduler, prediction, clip_
     print(f"\n{sampler} {prediction} clip={clip_x0}: max |x̂0-fed - raw-fed| = {delta:.2e} "
           f"(image range {x.min().item():.2f}..{x.max().item():.2f})")
     assert within(delta, x)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "unipc"])
+def test_public_sampler_defaults_are_the_documented_ones(name):
+    # Called without keywords, each sampler is eps-prediction, clipped, on the "uniform"
+    # grid (DDIM: η = 0; DDPM: small variance), and keeps no frames.
+    from ddpm.diffusion.samplers import ddim_sample, ddpm_sample
+    from ddpm.diffusion.solvers import dpm_solver_pp_sample, unipc_sample
+
+    sched = schedule("cosine", 50)
+    noise_gens = lambda: sample_generators(0, range(3))  # noqa: E731
+    noise = initial_noise(noise_gens(), (1, 4, 4), "cpu") * 3   # large: clipping matters
+    model = gaussian_model(sched)
+    function, explicit = {
+        "ddpm": (ddpm_sample, dict(variance="small")),
+        "ddim": (ddim_sample, dict(steps=10, eta=0.0, spacing="uniform")),
+        "dpmpp_2m": (dpm_solver_pp_sample, dict(steps=10, spacing="uniform", order=2)),
+        "unipc": (unipc_sample, dict(steps=10, spacing="uniform", order=2)),
+    }[name]
+    steps = {k: v for k, v in explicit.items() if k == "steps"}
+    by_default = function(model, sched, noise, noise_gens(), **steps)
+    spelled_out = function(model, sched, noise, noise_gens(), prediction="eps", clip_x0=True,
+                           trajectory_frames=0, **explicit)
+    assert torch.equal(by_default.images, spelled_out.images) and not by_default.trajectory
+    unclipped = function(model, sched, noise, noise_gens(), clip_x0=False, **steps)
+    assert not torch.equal(unclipped.images, by_default.images)
