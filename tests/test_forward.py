@@ -214,3 +214,11 @@ def test_unknown_loss_weighting_lists_the_choices():
                                           r"'none', 'min_snr'$"):
         training_losses(lambda x, t: x, NoiseSchedule.from_name("cosine", 100),
                         torch.zeros(1, 3, 2, 2), "eps", loss_weighting="snr")
+
+
+def test_check_prediction_lists_the_choices():
+    from ddpm.diffusion.forward import check_prediction
+
+    with pytest.raises(ConfigError, match=r"^diffusion.prediction = 'score': must be one of "
+                                          r"'eps', 'v', 'x0'$"):
+        check_prediction("score")

@@ -740,3 +740,39 @@ def test_public_sampler_defaults_are_the_documented_ones(name):
     assert torch.equal(by_default.images, spelled_out.images) and not by_default.trajectory
     unclipped = function(model, sched, noise, noise_gens(), clip_x0=False, **steps)
     assert not torch.equal(unclipped.images, by_default.images)
+
+
+def test_float64_noise_keeps_every_step_in_float64():
+    # DDPM and DDIM with η = 1 over all steps agree sample for sample only if both draw
+    # their step noise in x's dtype: a float32 draw is another number from the same stream.
+    sched = schedule("linear", 50)
+    gens = lambda: sample_generators(0, range(4))  # noqa: E731
+    noise = initial_noise(gens(), (1, 4, 4), "cpu", torch.float64)
+    assert noise.dtype == torch.float64
+    model = gaussian_model(sched)
+    ddpm = sample_images("ddpm", model, sched, noise, gens(), prediction="eps", clip_x0=False,
+                         **settings({"variance": "small"})).images
+    ddim = sample_images("ddim", model, sched, noise, gens(), prediction="eps", clip_x0=False,
+                         **settings({"steps": 50, "eta": 1.0})).images
+    assert ddpm.dtype == ddim.dtype == torch.float64
+    torch.testing.assert_close(ddim, ddpm, atol=1e-12, rtol=0)
+
+
+def test_generator_seeds_are_64_bit_hashes_of_seed_and_index():
+    # The documented rule (SeedSequence of (seed mod 2⁶⁴, index), one 64-bit word), also for
+    # seeds beyond 2⁶ and 2³² and negative ones.
+    for seed in (0, 200, 2**40 + 7, -1):
+        expected = [int(np.random.SeedSequence([seed % 2**64, i]).generate_state(1, np.uint64)[0])
+                    for i in (0, 5)]
+        assert [g.initial_seed() for g in sample_generators(seed, [0, 5])] == expected
+    assert max(g.initial_seed() for g in sample_generators(0, range(8))) > 2**32
+    with pytest.raises(ValueError, match="^sample index -1 must be >= 0$"):
+        sample_generators(0, [-1])
+    with pytest.raises(ValueError, match="^3 noise rows but 2 generators$"):
+        sample_images("ddim", gaussian_model(schedule("linear", 50)), schedule("linear", 50),
+                      torch.zeros(3, 1, 2, 2), sample_generators(0, range(2)),
+                      prediction="eps", clip_x0=False, **settings({"steps": 5}))
+
+
+def test_spacing_defaults_to_uniform():
+    assert (ddim_timesteps(1000, 10) == ddim_timesteps(1000, 10, "uniform")).all()
