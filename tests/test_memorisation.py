@@ -343,3 +343,14 @@ def test_threshold_rank_rounds_p_times_n_plus_1():
     # r/(n_h + 1) ≈ p/100: 1.49 rounds to 1, 1.51 to 2; 50 % of 19 is rank 10.
     assert threshold_rank(148) == 1 and threshold_rank(150) == 2
     assert threshold_rank(19, percentile=50) == 10 and threshold_rank(3, percentile=1) == 1
+
+
+def test_cosine_search_runs_in_float32_even_for_float16_features():
+    # fid_ref may store features as float16; 1 − cos of 5e-5 and 7e-5 both round to 0 in
+    # float16, where the search would take the first (farther) row.
+    q = np.zeros((1, 8), np.float16)
+    q[0, 0] = 1
+    far, near = q.copy(), q.copy()
+    far[0, 1], near[0, 2] = 0.012, 0.01
+    d, index = memo.nearest_cosine(q, np.concatenate([far, near]))
+    assert index.tolist() == [1] and d[0] == pytest.approx(5e-5, rel=0.01)
