@@ -103,24 +103,22 @@ class TrainingLoss(NamedTuple):
 
 def training_losses(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,
                     generator: torch.Generator | None = None, loss_weighting: str = "none",
-                    min_snr_gamma: float = 5.0) -> TrainingLoss:
+                    min_snr_gamma: float = 5.0,
+                    draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainingLoss:
     """L_simple (Ho et al. 2020, eq. 14), for any prediction target, and its unweighted MSE.
 
     t ~ Uniform{0..T−1} and ε ~ N(0, I) per image; the loss is the mean per-pixel
     squared error between model(x_t, t) and the target, each image weighted by
-    `min_snr_weight` when `loss_weighting` is "min_snr". With a `generator`, the
-    draws come from it on its own device and then move to x0's device, so a seeded
-    CPU generator gives the same t and ε wherever x0 lives.
+    `min_snr_weight` when `loss_weighting` is "min_snr". `draws` = (t [B], ε like
+    x0) gives them (training draws them per image: `ddpm.training.draws`); otherwise
+    they are drawn here, from `generator` on its own device and then moved to x0's
+    device, so a seeded CPU generator gives the same t and ε wherever x0 lives.
     """
     check_prediction(prediction)
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ConfigError(f"diffusion.loss_weighting = {loss_weighting!r}: must be one of "
                           + ", ".join(repr(w) for w in LOSS_WEIGHTINGS))
-    draw_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator,
-                      device=draw_device).to(x0.device)  # [B]
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                        device=draw_device).to(x0.device)
+    t, noise = draws if draws is not None else _draw_t_and_noise(schedule, x0, generator)
     x_t = q_sample(schedule, x0, t, noise)
     target = prediction_target(schedule, x0, noise, t, prediction)
     # Float32 loss even under mixed precision: the mean of many small squares
@@ -130,6 +128,16 @@ def training_losses(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, pre
     if loss_weighting == "min_snr":
         per_image = per_image * min_snr_weight(schedule, t, prediction, min_snr_gamma)
     return TrainingLoss(per_image.mean(), mse)
+
+
+def _draw_t_and_noise(schedule: NoiseSchedule, x0: torch.Tensor,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    draw_device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator,
+                      device=draw_device).to(x0.device)  # [B]
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                        device=draw_device).to(x0.device)
+    return t, noise
 
 
 def training_loss(model: Model, schedule: NoiseSchedule, x0: torch.Tensor, prediction: str,

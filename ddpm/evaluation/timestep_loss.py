@@ -23,9 +23,9 @@ from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.evaluation.config import AnalysisConfig
 from ddpm.io.atomic import write_atomically, write_json_atomically
 from ddpm.io.figures import save_figure
+from ddpm.io.images import to_unit_range
 from ddpm.io.progress import progress_bar
 from ddpm.models.checkpoint import load_model
-from ddpm.training.system import to_unit_range
 
 QUARTERS = ("q1", "q2", "q3", "q4")
 

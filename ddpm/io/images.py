@@ -11,6 +11,11 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float → uint8 [0, 255] (rounded, clamped)."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -109,7 +109,7 @@ class Throughput(L.Callback):
             self._start, self._images, self._step0 = time.perf_counter(), 0, trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._images += batch.shape[0] * trainer.world_size
+        self._images += batch.images.shape[0] * trainer.world_size
         if trainer.global_step - self._step0 >= self.every:
             rate = self._images / (time.perf_counter() - self._start)
             pl_module.log("train/images_per_s", rate, on_step=True, rank_zero_only=True)

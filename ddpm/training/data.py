@@ -1,8 +1,9 @@
-"""Prepared Parquet shards → uint8 image tensors for training, plus a fixed validation set.
+"""Prepared Parquet shards → training batches (image, t, ε, position), plus a fixed validation set.
 
-Workers only decode PNG → uint8 [3, H, W]; scaling to [-1, 1] and flips happen on
-the device after transfer (`DiffusionSystem.on_after_batch_transfer`), so the
-loader moves 4× fewer bytes than float32 and the accelerator does the arithmetic.
+Workers decode PNG → uint8 [3, H, W] and draw each image's t, flip and ε from
+(seed, epoch, its position in the epoch's permutation) (`ddpm.training.draws`);
+scaling to [-1, 1] happens on the device after transfer
+(`DiffusionSystem.on_after_batch_transfer`), so images travel as uint8.
 
 The training order is part of the resume state: epoch e's order is a function
 of (seed, e) alone, and the checkpoint records the epoch and how many of its
@@ -13,7 +14,7 @@ the interrupted one stopped and ends with the same weights, to the bit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -23,6 +24,39 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.samplers import sample_generators
 from ddpm.errors import DataError
+from ddpm.training.draws import draw
+
+
+class TrainingBatch(NamedTuple):
+    """One training image (or, collated, a batch) with its own draws: `images` uint8
+    [B, 3, H, W] (flipped where the draw says so; float in [-1, 1] after transfer),
+    `t` int64 [B], `noise` float32 [B, 3, H, W], `position` int64 [B] in epoch
+    `epoch`'s global permutation, `epoch` int64 [B] (one value)."""
+
+    images: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    position: torch.Tensor
+    epoch: torch.Tensor
+
+
+class TrainingImages(Dataset):
+    """The training split, indexed by `EpochOrder`'s (epoch, position, index) keys."""
+
+    def __init__(self, images: PreparedImages, *, seed: int, timesteps: int, hflip: bool):
+        self.images, self.seed, self.timesteps, self.hflip = images, seed, timesteps, hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> TrainingBatch:
+        epoch, position, index = key
+        image = self.images[index]
+        t, flip, noise = draw(self.seed, epoch, position, tuple(image.shape), self.timesteps)
+        if self.hflip and flip:
+            image = image.flip(-1)
+        return TrainingBatch(image, torch.tensor(t), noise, torch.tensor(position),
+                             torch.tensor(epoch))
 
 
 class FixedNoiseImages(Dataset):
@@ -48,13 +82,14 @@ class FixedNoiseImages(Dataset):
         return self.images[index], self.noise[index], self.t[index]
 
 
-class EpochOrder(Sampler[int]):
+class EpochOrder(Sampler[tuple[int, int, int]]):
     """This rank's share of a training epoch, in an order that depends on (seed, epoch) only.
 
     Epoch e is a permutation of the data set seeded by (seed, e) and dealt
-    round-robin to the ranks (each gets the same count, so ranks step together).
-    `skip` drops the first indices of the next iteration: what an interrupted
-    run had already trained on.
+    round-robin to the ranks (each gets the same count, so ranks step together):
+    rank r takes positions r, r + W, r + 2W, … It yields (epoch, position, index)
+    keys, so each image's draws follow its position, not its rank. `skip` drops the
+    first keys of the next iteration: what an interrupted run had already trained on.
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -66,16 +101,19 @@ class EpochOrder(Sampler[int]):
             self.skip = 0
         self.epoch = epoch
 
+    def positions(self) -> range:
+        """This rank's positions in every epoch's permutation."""
+        return range(self.rank, len(self) * self.world_size, self.world_size)
+
     def indices(self, epoch: int) -> list[int]:
         # SeedSequence wants non-negative entropy; fold negative seeds into 64 bits.
-        rng = np.random.default_rng([self.seed % 2**64, epoch])
-        usable = len(self) * self.world_size
-        return rng.permutation(self.size)[self.rank:usable:self.world_size].tolist()
+        permutation = np.random.default_rng([self.seed % 2**64, epoch]).permutation(self.size)
+        return permutation[self.positions()].tolist()
 
-    def __iter__(self) -> Iterator[int]:
-        order = self.indices(self.epoch)[self.skip:]
-        self.skip = 0
-        return iter(order)
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        keys = list(zip(self.positions(), self.indices(self.epoch)))[self.skip:]
+        self.skip, epoch = 0, self.epoch
+        return iter([(epoch, position, index) for position, index in keys])
 
     def __len__(self) -> int:
         return self.size // self.world_size
@@ -107,17 +145,20 @@ class ResumableLoader(DataLoader):
 
 
 class FaceDataModule(L.LightningDataModule):
-    """Train split (shuffled; Lightning adds a DistributedSampler under DDP) and a fixed val set."""
+    """Train split (shuffled and sharded by rank: `EpochOrder`) and a fixed val set."""
 
     def __init__(self, prepared_dir: str | Path, *, batch_size: int, num_workers: int,
-                 val_images: int, timesteps: int, seed: int):
+                 val_images: int, timesteps: int, seed: int, hflip: bool):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_images, self.timesteps, self.seed = val_images, timesteps, seed
+        self.hflip = hflip
 
     def setup(self, stage: str) -> None:
-        self.train_set = PreparedImages(self.prepared_dir, "train")
+        self.train_set = TrainingImages(PreparedImages(self.prepared_dir, "train"),
+                                        seed=self.seed, timesteps=self.timesteps,
+                                        hflip=self.hflip)
         if len(self.train_set) < self.batch_size:
             raise DataError(f"train.batch_size = {self.batch_size}: larger than the "
                             f"{len(self.train_set)} training images; lower it")

@@ -45,7 +45,7 @@ CHECKPOINT = "last.ckpt"
 # Both are intended here: the EMA copy lives in eval mode inside the module, and
 # the module (not the DataModule) scales and flips batches on the device.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer`.*")
 # Third-party noise with nothing for the user to do: torch's own pytree deprecation
 # (raised inside Lightning) and Lightning's advert for its cloud logger.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
@@ -206,7 +206,7 @@ def train(params: TrainingParams, prepared_dir: str | Path, models_dir: str | Pa
     system = DiffusionSystem(params.model, params.diffusion, cfg)
     data = FaceDataModule(prepared_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           val_images=cfg.val_images, timesteps=params.diffusion.timesteps,
-                          seed=cfg.seed)
+                          seed=cfg.seed, hflip=cfg.hflip)
     loggers = build_loggers(cfg.loggers, Path(live_dir), Path(mlruns_dir), state_dir,
                             resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 from functools import partial
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,20 +16,18 @@ from ddpm.diffusion.forward import (TrainingLoss, predict_x0_and_eps, prediction
                                     q_sample, training_losses)
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import DdpmError
+from ddpm.io.images import to_unit_range
 from ddpm.models.compiling import compile_module
 from ddpm.models.config import ModelConfig
 from ddpm.models.registry import build_model
 from ddpm.training.config import TrainConfig
+from ddpm.training.data import TrainingBatch
+from ddpm.training.draws import seed_dropout
 from ddpm.training.ema import EMA
 
 
 class NonFiniteLoss(DdpmError):
     """Training produced a NaN or inf loss."""
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] → float [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 class DiffusionSystem(L.LightningModule):
@@ -67,13 +63,14 @@ class DiffusionSystem(L.LightningModule):
 
     # ------------------------------------------------------------ batches
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, TrainingBatch):  # dropout's draws, resumable (ddpm.training.draws)
+            seed_dropout(self.train_config.seed, int(batch.epoch[0]), int(batch.position[0]))
+        return batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, torch.Tensor):  # training: uint8 images
-            x0 = to_unit_range(batch)
-            if self.train_config.hflip:
-                flip = torch.rand(x0.shape[0], device=x0.device) < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            batch = x0
+        if isinstance(batch, TrainingBatch):  # uint8 images, already flipped, with their draws
+            batch = batch._replace(images=to_unit_range(batch.images))
         else:  # validation: (uint8 images, fixed noise, fixed t)
             images, noise, t = batch
             batch = (to_unit_range(images), noise, t)
@@ -83,14 +80,15 @@ class DiffusionSystem(L.LightningModule):
 
     # ------------------------------------------------------------ steps
 
-    def loss(self, x0: torch.Tensor) -> TrainingLoss:
+    def loss(self, batch: TrainingBatch) -> TrainingLoss:
         """(the loss to minimise, weighted as `diffusion.loss_weighting` says; its unweighted MSE)."""
-        return training_losses(self._forward_net, self.schedule, x0, self.diffusion.prediction,
+        return training_losses(self._forward_net, self.schedule, batch.images,
+                               self.diffusion.prediction, draws=(batch.t, batch.noise),
                                loss_weighting=self.diffusion.loss_weighting,
                                min_snr_gamma=self.diffusion.min_snr_gamma)
 
-    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss, mse = self.loss(x0)
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor:
+        loss, mse = self.loss(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"training loss is {loss.item()} at step {self.global_step}; "
                                 "stopped (the last checkpoint is kept): lower train.lr or use "
@@ -132,28 +130,13 @@ class DiffusionSystem(L.LightningModule):
     # ------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # No RNG state: every draw of training is a function of (seed, epoch, position).
         checkpoint["ema_updates"] = self.ema.num_updates
         checkpoint["train_seconds"] = self.train_seconds()
-        # Plain types and tensors only, so the checkpoint loads with weights_only=True.
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng"] = {"torch": torch.get_rng_state(),
-                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
-                                       has_gauss, gauss),
-                             "python": random.getstate(),
-                             "cuda": torch.cuda.get_rng_state_all()
-                             if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.ema.num_updates = checkpoint.get("ema_updates", 0)
         self.seconds_before = checkpoint.get("train_seconds", 0.0)
-        rng = checkpoint.get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            name, keys, pos, has_gauss, gauss = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            random.setstate(rng["python"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str) -> float:
@@ -173,5 +156,6 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str) ->
 def _channels_last(batch):
     if isinstance(batch, torch.Tensor):
         return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
-    return tuple(_channels_last(b) for b in batch)
+    return type(batch)(*(_channels_last(b) for b in batch)) if isinstance(batch, TrainingBatch) \
+        else tuple(_channels_last(b) for b in batch)
 

@@ -124,13 +124,15 @@ def part_loader(plan: Plan, work: Path) -> dict:
     rates = {}
     for workers in plan.loader_workers:
         data = FaceDataModule(work_paths(work)["prepared"], batch_size=plan.batch,
-                              num_workers=workers, val_images=8, timesteps=1000, seed=0)
+                              num_workers=workers, val_images=8, timesteps=1000, seed=0,
+                              hflip=True)
         data.setup("fit")
         batches = max(2, min(64, 2 * (len(data.train_set) // plan.batch)))
         loader, done, start = data.train_dataloader(), 0, None
         while done < batches:  # epochs restart the iterator, as in training
             for batch in loader:
-                batch.to(device, non_blocking=True)
+                for part in batch:  # images, t, ε, position, epoch
+                    part.to(device, non_blocking=True)
                 done += 1
                 if done == 1:  # the first batch waits for the workers to start
                     sync()
@@ -205,7 +207,8 @@ def part_train(plan: Plan, work: Path, variant: str) -> dict:
     diffusion = DiffusionConfig()
     system = DiffusionSystem(model, diffusion, cfg, net=net)
     data = FaceDataModule(work_paths(work)["prepared"], batch_size=plan.batch,
-                          num_workers=plan.workers, val_images=8, timesteps=1000, seed=0)
+                          num_workers=plan.workers, val_images=8, timesteps=1000, seed=0,
+                          hflip=True)
     timer = StepTimer(plan.warmup)
     reset_peak()
     trainer = build_trainer(cfg, logger=False, callbacks=[timer], progress=False)
