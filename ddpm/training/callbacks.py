@@ -20,7 +20,8 @@ class ResumeCheckpoint(L.Callback):
     """A full Lightning checkpoint every N optimizer steps and at the end, replaced atomically.
 
     Lightning saves weights, optimizer, LR scheduler, grad scaler, loop
-    progress and our hooks' extras (EMA, RNG states, fingerprint). Writing to a
+    progress and our hooks' extras (EMA, fingerprint); no RNG state, since every
+    draw is a function of (seed, epoch, position) (`ddpm.training.draws`). Writing to a
     temporary name and renaming means a kill mid-write leaves the previous
     checkpoint intact.
     """
