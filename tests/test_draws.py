@@ -10,7 +10,7 @@ from scipy import stats
 import tiny
 from ddpm.diffusion.samplers import sample_generators
 from ddpm.training.data import FaceDataModule, TrainingBatch, TrainingImages
-from ddpm.training.draws import draw, seed_dropout, stream_words
+from ddpm.training.draws import draw, seed_dropout, stream
 
 SHAPE = (3, 4, 4)
 
@@ -26,7 +26,9 @@ def test_a_draw_depends_on_seed_epoch_and_position_and_nothing_else():
     # Its own stream: not the noise `sample_generators` gives a sample of the same number.
     sample = torch.randn(SHAPE, generator=sample_generators(0, [7])[0])
     assert not torch.equal(sample, first.noise)
-    assert stream_words(0, 2, 7) != stream_words(0, 2, 7, stream=1)
+    assert stream(0, 2, 7).integers(2**63) != stream(0, 2, 7, stream_id=1).integers(2**63)
+    # 64-bit seeds stay distinct (torch's CPU generator would keep their low 32 bits only).
+    assert stream(2**32 + 5, 0, 0).random() != stream(5, 0, 0).random()
 
 
 def test_draws_are_uniform_timesteps_fair_flips_and_standard_normal_noise():
@@ -46,8 +48,8 @@ def test_negative_epoch_or_position_is_refused():
     with pytest.raises(ValueError, match="must be >= 0"):
         draw(0, -1, 0, SHAPE, 10)
     with pytest.raises(ValueError, match="must be >= 0"):
-        stream_words(0, 0, -3)
-    assert stream_words(-1, 0, 0) == stream_words(2**64 - 1, 0, 0)   # seeds fold into 64 bits
+        stream(0, 0, -3)
+    assert stream(-1, 0, 0).random() == stream(2**64 - 1, 0, 0).random()  # 64-bit seed folding
 
 
 @pytest.fixture(scope="module")

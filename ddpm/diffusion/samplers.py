@@ -35,9 +35,10 @@ from ddpm.diffusion.schedules import NoiseSchedule
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per sample index, seeded from (seed, index).
 
-    numpy's SeedSequence hashes the pair into a 64-bit state, so neighbouring
-    seeds and indices give unrelated streams and two of 50k samples collide with
-    probability ~1e-10 (a 32-bit seed would collide with probability ~0.3).
+    numpy's SeedSequence hashes the pair into a 64-bit seed, so neighbouring seeds
+    and indices give unrelated streams. torch's CPU generator (mt19937) keeps only
+    the seed's low 32 bits, though: two of 50k samples share a stream with
+    probability ~0.25 (training's draws use numpy's PCG64 instead, ddpm.training.draws).
     """
     generators = []
     for index in indices:
