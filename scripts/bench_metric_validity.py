@@ -208,14 +208,17 @@ def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photogr
          weights: str = typer.Option("", help="Inception weights (default: torch hub's)."),
          standin_from_rest: int = typer.Option(0, help="Instead, calibrate a stand-in on this "
                                                "many faces after the scored ones (disjoint) "
-                                               "and score with it.")) -> None:
+                                               "and score with it."),
+         dc_free: str = typer.Option("none", help="Stand-in filters made zero-mean before "
+                                     "calibration: none, first (Conv2d_1a_3x3) or all.")
+         ) -> None:
     start = time.perf_counter()
     faces = folder_images(faces_dir, 2 * n_half, size, "celeba")
     if standin_from_rest:
         weights = str(Path(tempfile.mkdtemp()) / "standin.pth")
         rest = folder_images(faces_dir, standin_from_rest, size, "celeba", skip=2 * n_half)
-        make_standin_weights(Path(weights), images=rest)
-        print(f"stand-in calibrated on faces {2 * n_half}…{2 * n_half + standin_from_rest - 1}"
+        make_standin_weights(Path(weights), images=rest, dc_free=dc_free)
+        print(f"stand-in (dc_free {dc_free}) calibrated on faces {2 * n_half}…{2 * n_half + standin_from_rest - 1}"
               f" of {faces_dir} (sorted), disjoint from the {2 * n_half} scored")
     info = weights_info(resolve_weights(weights))
     scorer = Scorer(weights)
