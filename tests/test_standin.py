@@ -36,3 +36,32 @@ def test_calibration_refuses_too_few_images_before_any_work(tmp_path):
     with pytest.raises(DdpmError, match=f"more than {PROBE_IMAGES} images"):
         make_standin_weights(tmp_path / "w.pth", images=demo_drawings(PROBE_IMAGES, size=8))
     assert not (tmp_path / "w.pth").exists()
+
+
+def test_dc_free_zeroes_spatial_filter_means_and_leaves_1x1_convs():
+    import torch
+    from ddpm.metrics.inception_standin import make_dc_free, untrained_inception
+    _, untouched = untrained_inception(0)
+    _, first = untrained_inception(0)
+    _, every = untrained_inception(0)
+    assert make_dc_free(first, "first") == 1 and make_dc_free(every, "all") == 54
+    convs = lambda net: {n: m.weight for n, m in net.named_modules()  # noqa: E731
+                         if isinstance(m, torch.nn.Conv2d)}
+    for name, w in convs(every).items():
+        w0 = convs(untouched)[name]
+        if w[0, 0].numel() > 1:
+            assert w.mean(dim=(2, 3)).abs().max() < 1e-6
+            assert torch.allclose(w, w0 - w0.mean(dim=(2, 3), keepdim=True))
+        else:
+            assert torch.equal(w, w0)
+        w1 = convs(first)[name]
+        assert torch.equal(w1, w) if name == "Conv2d_1a_3x3.conv" else torch.equal(w1, w0)
+    with pytest.raises(DdpmError, match="dc_free must be one of"):
+        make_dc_free(every, "none")
+
+
+def test_unknown_dc_free_is_refused_before_any_work(tmp_path):
+    with pytest.raises(DdpmError, match="dc_free must be one of"):
+        make_standin_weights(tmp_path / "w.pth", images=demo_drawings(PROBE_IMAGES + 1, size=8),
+                             dc_free="some")
+    assert not (tmp_path / "w.pth").exists()

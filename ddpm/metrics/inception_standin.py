@@ -133,6 +133,28 @@ def calibrate_batch_norm(model: InceptionV3, batches: Iterable[np.ndarray]) -> N
     model.eval()
 
 
+DC_FREE_CHOICES = ("none", "first", "all")
+
+
+def make_dc_free(network: torch.nn.Module, which: str = "first") -> int:
+    """Subtract from every conv filter its mean over spatial positions (per output and
+    input channel), so the filter does not respond to a flat input: "first" edits only
+    `Conv2d_1a_3x3` (no feature then sees flat colour), "all" every conv with more than
+    one tap (a 1×1 conv would be zeroed; those are left). Returns how many convs changed.
+    """
+    if which not in ("first", "all"):
+        raise DdpmError(f"dc_free must be one of {DC_FREE_CHOICES}, got {which!r}")
+    convs = ([network.Conv2d_1a_3x3.conv] if which == "first" else
+             [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)])
+    changed = 0
+    with torch.no_grad():
+        for conv in convs:
+            if conv.weight[0, 0].numel() > 1:
+                conv.weight -= conv.weight.mean(dim=(2, 3), keepdim=True)
+                changed += 1
+    return changed
+
+
 def feature_spread(features: np.ndarray) -> dict:
     """max |f| and the across-image standard deviation (mean over the 2048 dims)."""
     return {"max_abs": float(np.abs(features).max()),
@@ -140,7 +162,7 @@ def feature_spread(features: np.ndarray) -> dict:
 
 
 def make_standin_weights(path: Path, n_images: int = 256, seed: int = 0,
-                         images: np.ndarray | None = None) -> dict:
+                         images: np.ndarray | None = None, dc_free: str = "none") -> dict:
     """Save calibrated stand-in Inception weights to `path`; return the feature spread
     {"before": ..., "after": ...} calibration and what it was calibrated on.
 
@@ -152,6 +174,9 @@ def make_standin_weights(path: Path, n_images: int = 256, seed: int = 0,
     PROBE_IMAGES are held out: the spread is measured on them in eval mode, and a
     spread below MIN_FEATURE_SPREAD raises RuntimeError rather than saving weights
     that would make every FID ~0.
+
+    `dc_free`: "none" (default) keeps torch's random filters; "first" or "all" makes
+    the first or every spatial conv filter zero-mean before calibration (`make_dc_free`).
     """
     path = Path(path)
     if images is None:
@@ -160,7 +185,11 @@ def make_standin_weights(path: Path, n_images: int = 256, seed: int = 0,
         raise DdpmError(f"stand-in calibration needs more than {PROBE_IMAGES} images, "
                         f"got {len(images)}")
     calibration, probe = images[:-PROBE_IMAGES], images[-PROBE_IMAGES:]
+    if dc_free not in DC_FREE_CHOICES:
+        raise DdpmError(f"dc_free must be one of {DC_FREE_CHOICES}, got {dc_free!r}")
     model, network = untrained_inception(seed)
+    if dc_free != "none":
+        make_dc_free(network, dc_free)
     before = feature_spread(inception_features(in_batches(probe), model))
     calibrate_batch_norm(model, in_batches(calibration))
     after = feature_spread(inception_features(in_batches(probe), model))
