@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from safetensors.torch import load_file
 
 import tiny
 from ddpm.training.draws import draw
-from ddpm.training.run import CHECKPOINT, read_checkpoint
+from ddpm.training.run import CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -134,28 +133,15 @@ def dvc_project(root: Path, data: Path) -> Path:
     return root
 
 
-def kill_group_after_checkpoint(proc: subprocess.Popen, ckpt: Path, min_step: int) -> int:
-    """SIGKILL `proc`'s whole process group (dvc and both ranks) once the checkpoint has
-    reached `min_step`; the step of the checkpoint it left."""
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        checkpoint, _ = read_checkpoint(ckpt) if ckpt.exists() else (None, "")
-        if checkpoint and checkpoint["global_step"] >= min_step:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            # Re-read: training may have saved a later step while the check read this one.
-            return read_checkpoint(ckpt)[0]["global_step"]
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("training finished or stalled before it could be killed")
-
-
 def test_two_ranks_killed_then_resumed_by_dvc_repro_end_with_the_same_bytes(
         two_ranks, data, tmp_path):
     project = dvc_project(tmp_path / "project", data)
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=ENV, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = kill_group_after_checkpoint(repro, project / "state" / CHECKPOINT, 5)
+    # The whole process group: dvc and both ranks.
+    killed_at = tiny.kill_after_checkpoint(repro, project / "state" / CHECKPOINT, 5,
+                                           kill=lambda p: os.killpg(p.pid, signal.SIGKILL),
+                                           deadline_s=600)
     assert killed_at < STEPS and killed_at % 4 != 0           # mid-epoch
     rerun = subprocess.run(["dvc", "repro"], cwd=project, env=ENV, capture_output=True,
                            text=True, timeout=600)

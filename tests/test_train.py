@@ -6,10 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -296,22 +294,6 @@ def run_stage(tmp_path: Path, params_file: Path, out: str = "", **popen):
                             cwd=REPO, env=env, **popen)
 
 
-def kill_after_checkpoint(proc, ckpt: Path, min_step: int) -> int:
-    """SIGKILL `proc` once its checkpoint has reached `min_step`; the step of the
-    checkpoint it left."""
-    deadline = time.time() + 900  # generous: a shared, busy CPU can be 20x slower
-    while time.time() < deadline and proc.poll() is None:
-        checkpoint, _ = read_checkpoint(ckpt) if ckpt.exists() else (None, "")
-        if checkpoint and checkpoint["global_step"] >= min_step:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            # Re-read: training may have saved a later step while the check read this one.
-            return read_checkpoint(ckpt)[0]["global_step"]
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("training finished or stalled before it could be killed")
-
-
 def model_files(models: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(models.iterdir())}
 
@@ -329,7 +311,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_the_same_bytes_as_an_uninterrupt
     assert reference.returncode == 0, output
 
     ckpt = tmp_path / "state" / CHECKPOINT
-    killed_at = kill_after_checkpoint(run_stage(tmp_path, params_file), ckpt, 10)
+    killed_at = tiny.kill_after_checkpoint(run_stage(tmp_path, params_file), ckpt, 10)
     killed_seconds = read_checkpoint(ckpt)[0]["train_seconds"]
     assert killed_at < 30 and killed_at % 7 != 0
     rerun = run_stage(tmp_path, params_file)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -149,3 +152,23 @@ def attention_sites(model: torch.nn.Module, size: int) -> list[tuple[str, int]]:
     with torch.no_grad():
         model(torch.randn(1, 3, size, size), torch.zeros(1, dtype=torch.int64))
     return seen
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, ckpt: Path, min_step: int, *,
+                          kill: Callable[[subprocess.Popen], None] | None = None,
+                          deadline_s: float = 900) -> int:
+    """SIGKILL `proc` (or call `kill` on it: a whole process group, say) once its checkpoint
+    has reached `min_step`; the step of the checkpoint it left."""
+    from ddpm.training.run import read_checkpoint
+    kill = kill or (lambda p: p.send_signal(signal.SIGKILL))
+    deadline = time.time() + deadline_s  # generous: a shared, busy CPU can be 20x slower
+    while time.time() < deadline and proc.poll() is None:
+        checkpoint, _ = read_checkpoint(ckpt) if ckpt.exists() else (None, "")
+        if checkpoint and checkpoint["global_step"] >= min_step:
+            kill(proc)
+            proc.wait()
+            # Re-read: training may have saved a later step while the check read this one.
+            return read_checkpoint(ckpt)[0]["global_step"]
+        time.sleep(0.1)
+    kill(proc)
+    raise AssertionError("training finished or stalled before it could be killed")

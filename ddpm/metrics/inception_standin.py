@@ -142,8 +142,8 @@ def make_dc_free(network: torch.nn.Module, which: str = "first") -> int:
     `Conv2d_1a_3x3` (no feature then sees flat colour), "all" every conv with more than
     one tap (a 1×1 conv would be zeroed; those are left). Returns how many convs changed.
     """
-    if which not in ("first", "all"):
-        raise DdpmError(f"dc_free must be one of {DC_FREE_CHOICES}, got {which!r}")
+    if which not in ("first", "all"):  # "none" is make_standin_weights' choice, not an edit
+        raise DdpmError(f"dc_free must be one of ('first', 'all') here, got {which!r}")
     convs = ([network.Conv2d_1a_3x3.conv] if which == "first" else
              [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)])
     changed = 0
