@@ -32,7 +32,7 @@ from ddpm.errors import ConfigError
 
 # The sections params.yaml may hold, in its order (ddpm/reporting/config.py's `Params`
 # has one field each). Plain names, so that knowing them imports no section's code.
-SECTIONS = ("data", "model", "diffusion", "train", "sample", "fid", "analysis", "report")
+SECTIONS = ("data", "model", "autoencoder", "diffusion", "train", "sample", "fid", "analysis", "report")
 
 
 def bounded(default: Any, *, ge: float | None = None, le: float | None = None,

@@ -19,12 +19,14 @@ def main(params: Path = PARAMS,
          ref: Path = typer.Option(Path("fid_ref/stats.npz"), help="Reference statistics."),
          data: Path = DATA,
          figures: Path = typer.Option(Path("memorisation"), help="Memorisation figures."),
+         autoencoder: Path = typer.Option(Path("autoencoder"), help="Latent space: the "
+                                          "autoencoder's holdout reconstructions."),
          out: Path = typer.Option(Path("metrics/fid.json"), help="Output metrics.")) -> None:
     """Sample metrics of samples/ against the reference (pytorch-fid's FID and network)."""
     fid = load_params(params, fid=FidConfig).fid
     device = torch_device("fid", fid.accelerator)
     m = score_samples(samples, ref, out, fid=fid, prepared_dir=data, figures_dir=figures,
-                      device=device)
+                      device=device, autoencoder_dir=autoencoder)
     official = "" if m["inception_official"] else " (stand-in Inception weights)"
     blocks, kid, pr, se, swd = (m["fid_blocks"], m["kid"], m["precision_recall"], m["fid_se"],
                                 m["swd"])
@@ -47,6 +49,10 @@ def main(params: Path = PARAMS,
           f"images): copying evidence {mem['copying_evidence_cosine']} / "
           f"{mem['copying_evidence_pixel']}; {mem['n_train']} training images searched, and "
           "their mirror images")
+    if "reconstruction" in m:
+        r = m["reconstruction"]
+        print(f"reconstruction FID {r['fid']:.3f} ({r['n']} holdout images; the originals "
+              f"themselves: {r['fid_originals']:.3f})")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def main(params: Path = PARAMS,
     outputs = RunOutputs(prepared=Path("data/prepared"), models=Path("models"),
                          live=Path("dvclive"), samples=Path("samples"),
                          fid=Path("metrics/fid.json"), analysis=Path("analysis"),
-                         sweep=Path("sweep"), memorisation=Path("memorisation"))
+                         sweep=Path("sweep"), memorisation=Path("memorisation"),
+                         autoencoder=Path("autoencoder"))
     out.parent.mkdir(parents=True, exist_ok=True)
     build_report(load_all(params), outputs, out)
     print(f"report: {out}")

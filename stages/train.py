@@ -1,4 +1,5 @@
-"""DVC stage `train`: params.yaml (model, diffusion, train) + data/prepared → models/, dvclive/
+"""DVC stage `train`: params.yaml (model, diffusion, train) + data/prepared (latent space:
+latents/ and autoencoder/) → models/, dvclive/
 (and MLflow: mlruns/ or MLFLOW_TRACKING_URI, when train.loggers asks for it)."""
 
 from pathlib import Path
@@ -21,11 +22,16 @@ def main(params: Path = PARAMS,
          state: Path = typer.Option(Path("state/train"), help="Resume checkpoint folder."),
          live: Path = typer.Option(Path("dvclive"), help="DVCLive metrics and plots."),
          mlruns: Path = typer.Option(Path("mlruns"), help="MLflow's local store (train.loggers "
-                                                          "with mlflow, no MLFLOW_TRACKING_URI).")
+                                                          "with mlflow, no MLFLOW_TRACKING_URI)."),
+         latents: Path = typer.Option(Path("latents"), help="The encode stage's latents "
+                                                            "(read when model.space is latent)."),
+         autoencoder: Path = typer.Option(Path("autoencoder"), help="The autoencoder stage's "
+                                          "output (latent space: previews, copied to models/).")
          ) -> None:
     """Train the diffusion model, resuming from state/train when its params match."""
     sections = load_params(params, model=ModelConfig, diffusion=DiffusionConfig, train=TrainConfig)
-    train(sections, data, models, state, live, mlruns_dir=mlruns)
+    train(sections, data, models, state, live, mlruns_dir=mlruns, latents_dir=latents,
+          autoencoder_dir=autoencoder)
 
 
 if __name__ == "__main__":

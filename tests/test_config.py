@@ -162,7 +162,7 @@ def test_a_stage_loads_only_the_sections_it_asks_for():
 
 @pytest.mark.parametrize("raw, sections, message", [
     ({"modle": {}}, {"data": DataConfig}, "modle: unknown section; allowed sections are "
-                                         "data, model, diffusion, train, sample, fid, analysis, report"),
+                                         "data, model, autoencoder, diffusion, train, sample, fid, analysis, report"),
     ({"sample": {"stepz": 3}}, {"sample": SampleConfig},
      "sample.stepz: unknown key; allowed keys are n, sampler, steps"),
     ({"fid": {"bootstrap": 1}}, {"fid": FidConfig},

@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from ddpm.autoencoder.outputs import RECONSTRUCTIONS
+from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.registry import get_sampler
 from ddpm.evaluation.config import FidConfig
 from ddpm.evaluation.reference import _features
 from ddpm.io.atomic import write_json_atomically
-from ddpm.metrics.fid import (feature_statistics, frechet_distance, load_statistics,
-                              resolve_weights, weights_info)
+from ddpm.metrics.fid import (
+    feature_statistics,
+    frechet_distance,
+    load_statistics,
+    resolve_weights,
+    weights_info,
+)
 from ddpm.metrics.sample_scores import check_inputs, sample_metrics
 from ddpm.sampling.generate import iter_shards
 
@@ -33,7 +41,7 @@ def generated_fid(shards: Sequence[np.ndarray], n: int, ref_npz: str | Path, fid
 
 def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | Path, *,
                   fid: FidConfig, prepared_dir: str | Path, figures_dir: str | Path,
-                  device="cpu") -> dict:
+                  device="cpu", autoencoder_dir: str | Path | None = None) -> dict:
     """FID of the generated shards against the reference statistics, and the other
     sample metrics (`sample_metrics`) → metrics JSON (+ memorisation figures)."""
     samples_dir, ref_npz = Path(samples_dir), Path(ref_npz)
@@ -56,5 +64,25 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
                "use_ema": sample["use_ema"], "precision": sample.get("precision"),
                "inception_official": inception["official"],
                "inception_sha256": inception["sha256"], **more}
+    recon = Path(autoencoder_dir) / RECONSTRUCTIONS if autoencoder_dir else None
+    if recon is not None and recon.is_file():
+        metrics["reconstruction"] = reconstruction_fid(np.load(recon), ref_npz, fid,
+                                                       Path(prepared_dir), device)
     write_json_atomically(out_json, metrics)
     return metrics
+
+
+def reconstruction_fid(reconstructions: np.ndarray, ref_npz: Path, fid: FidConfig,
+                       prepared_dir: Path, device="cpu") -> dict:
+    """Latent space: FID of the autoencoder's holdout reconstructions, the floor any latent
+    model's samples can reach, beside the FID of the same holdout originals at the same N
+    (FID is biased upward at small N: the difference is what the autoencoder costs)."""
+    n = len(reconstructions)
+    holdout = PreparedImages(prepared_dir, "holdout", limit=n)
+    if len(holdout) < n:  # the autoencoder stage fell back to training images too
+        holdout = PreparedImages(prepared_dir, "train", limit=n)
+    originals = torch.stack([holdout[i] for i in range(n)]).permute(0, 2, 3, 1).numpy()
+    values = {name: generated_fid([images], n, ref_npz, fid, device)[0]
+              for name, images in (("fid", reconstructions), ("fid_originals", originals))}
+    return {**{k: round(v, 4) for k, v in values.items()}, "n": n,
+            "images": "holdout reconstructions (posterior mean)"}

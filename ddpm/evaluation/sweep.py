@@ -19,15 +19,13 @@ from ddpm.errors import ConfigError
 from ddpm.evaluation.reference import rebatch
 from ddpm.io.atomic import write_atomically
 from ddpm.io.figures import save_figure
-from ddpm.io.images import to_uint8
 from ddpm.io.progress import progress_bar
 from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
 from ddpm.metrics.real_features import load_reference_features
 from ddpm.metrics.resampling import standard_errors
-from ddpm.models.checkpoint import load_model
 from ddpm.sampling.config import SampleConfig
-from ddpm.sampling.generate import run_sampler, sampling_net
+from ddpm.sampling.generate import load_generator, run_sampler
 
 
 def sweep_points(samplers: Sequence[str], steps_list: Sequence[int],
@@ -65,8 +63,8 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     if min(n, len(reference)) < 3:   # the jackknife leaves a group out and still needs 2
         raise ConfigError(f"FID sweep standard errors need at least 3 samples and 3 reference "
                           f"images, got sample.sweep_n = {n} and {len(reference)} (fid.max_real)")
-    net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
-    net = sampling_net(net, sample, device)  # once: every point reuses the compiled graph
+    engine = load_generator(model_dir, sample, device)  # the compiled graph, once
+    net, schedule, sample = engine.sampler_net, engine.schedule, engine.sample
     points = sweep_points(samplers, steps_list, schedule.timesteps)
     inception = load_inception(weights, device)
     # pytorch-fid's formula with Tr (Σ Σ_r)^½ from eigenvalues (ddpm.metrics.fid_spread,
@@ -74,14 +72,13 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     # scipy sqrtm each (~15 s on two cores). The run's headline FID stays pytorch-fid's.
     mu_r, sigma_r = load_statistics(ref_npz)
     root_r, trace_r = psd_sqrt(sigma_r), float(np.trace(sigma_r))
-    img_size, prediction = config["model"]["img_size"], config["diffusion"]["prediction"]
     rows = []
     for name, steps, nfe in points:
         cfg = dataclasses.replace(sample, sampler=name, steps=steps or sample.steps)
-        arrays = (to_uint8(run_sampler(net, schedule, cfg, prediction,
-                                       range(start, min(start + sample.batch_size, n)),
-                                       img_size, device).images).permute(0, 2, 3, 1).cpu()
-                  .numpy() for start in range(0, n, sample.batch_size))
+        arrays = (engine.to_uint8(run_sampler(net, schedule, cfg, engine.prediction,
+                                              range(start, min(start + sample.batch_size, n)),
+                                              engine.shape, device).images)
+                  .permute(0, 2, 3, 1).cpu().numpy() for start in range(0, n, sample.batch_size))
         with progress_bar(n, f"FID sweep: {name}, {nfe} NFE") as bar:
             features = inception_features(rebatch(arrays, batch_size), inception, device,
                                           bar.update)

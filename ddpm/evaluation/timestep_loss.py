@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ddpm.autoencoder.latents import LatentImages
 from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.forward import loss_per_timestep
 from ddpm.diffusion.likelihood import bits_per_dim_bound, evaluations_per_image
@@ -41,6 +42,14 @@ def holdout_images(prepared_dir: str | Path, n: int) -> torch.Tensor:
     if len(images) == 0:
         images = PreparedImages(prepared_dir, "train", limit=n)
     return to_unit_range(torch.stack([images[i] for i in range(len(images))]))
+
+
+def holdout_latents(latents_dir: str | Path, n: int) -> torch.Tensor:
+    """The first n holdout latents, scaled as the model saw them (train's if no holdout)."""
+    latents = LatentImages(latents_dir, "holdout", limit=n)
+    if len(latents) == 0:
+        latents = LatentImages(latents_dir, "train", limit=n)
+    return torch.stack([latents[i] for i in range(len(latents))])
 
 
 def timestep_loss_table(net, schedule, prediction: str, x0: torch.Tensor, *, t_points: int,
@@ -78,7 +87,7 @@ def nll_bound(net, schedule, prediction: str, x0: torch.Tensor, analysis: Analys
 
 def analyse(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
             analysis: AnalysisConfig, device: str = "cpu", *, variance: str = "small",
-            clip_x0: bool = True) -> dict:
+            clip_x0: bool = True, latents_dir: str | Path = "latents") -> dict:
     """The whole stage: table, plot, quarter metrics and the bits/dim bound for the EMA model.
 
     `variance` and `clip_x0` (the sample section's) define the reverse process whose
@@ -86,6 +95,14 @@ def analyse(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path
     """
     net, schedule, config = load_model(model_dir, device)
     prediction = config["diffusion"]["prediction"]
+    if config["model"].get("space", "pixel") == "latent":
+        # The model's data are the scaled latents: its loss is measured on them. The
+        # bits/dim bound is of a discrete pixel decoder, which latents do not have, so
+        # it is not computed (report says so).
+        x0 = holdout_latents(latents_dir, analysis.n_images).to(device)
+        table = timestep_loss_table(net, schedule, prediction, x0, t_points=analysis.t_points,
+                                    seed=analysis.seed, progress=True)
+        return write_analysis(table, out_dir, schedule.timesteps)
     images = holdout_images(prepared_dir, max(analysis.n_images, analysis.nll_images)).to(device)
     table = timestep_loss_table(net, schedule, prediction, images[:analysis.n_images],
                                 t_points=analysis.t_points, seed=analysis.seed, progress=True)

@@ -43,3 +43,15 @@ def write_json_atomically(path: str | Path, data: dict, **dumps) -> None:
 
 def write_bytes_atomically(path: str | Path, data: bytes) -> None:
     write_atomically(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_npy_atomically(path: str | Path, array) -> None:
+    """`np.save` to `path` through a temporary name (given a file object, so that numpy
+    does not append `.npy` to the temporary name)."""
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomically(path, save)

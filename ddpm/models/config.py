@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ddpm.config import bounded, listed
+from ddpm.errors import ConfigError
+
+IMAGE_CHANNELS = 3  # RGB
 
 
 @dataclass(frozen=True)
@@ -35,4 +38,28 @@ class ModelConfig:
     dit_size: Literal["custom", "S", "B", "L"] = "custom"
     depth: int = bounded(6, ge=1)
     hidden_size: int = bounded(192, ge=8)
+    space: Literal["pixel", "latent"] = "pixel"
+    latent_factor: int = bounded(8, ge=1)
+    latent_channels: int = bounded(4, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.space != "latent":
+            return
+        f = self.latent_factor
+        if f & (f - 1):
+            raise ConfigError(f"model.latent_factor = {f}: must be a power of two (each "
+                              "autoencoder level halves the image): use 4 or 8")
+        if self.img_size % f:
+            raise ConfigError(f"model.img_size = {self.img_size} is not divisible by "
+                              f"model.latent_factor = {f}: use a multiple of {f}, such as "
+                              f"{max(f, self.img_size // f * f)}")
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of what the network denoises: RGB images in pixel
+        space, the autoencoder's latents (img_size / latent_factor per side) in latent space."""
+        if self.space == "latent":
+            side = self.img_size // self.latent_factor
+            return (self.latent_channels, side, side)
+        return (IMAGE_CHANNELS, self.img_size, self.img_size)
 

@@ -38,7 +38,6 @@ from torch import nn
 from ddpm.errors import ConfigError
 from ddpm.models.config import ModelConfig
 from ddpm.models.layers import sinusoidal_embedding
-from ddpm.models.unet import IMAGE_CHANNELS
 
 # (depth, hidden_size, num_heads) of Peebles & Xie 2022, Table 1.
 DIT_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -198,10 +197,10 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm, then Linear to the p·p·3 values of each patch."""
 
-    def __init__(self, hidden: int, patch_size: int):
+    def __init__(self, hidden: int, patch_size: int, channels: int):
         super().__init__()
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden, patch_size * patch_size * IMAGE_CHANNELS)
+        self.linear = nn.Linear(hidden, patch_size * patch_size * channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -222,13 +221,14 @@ class DiT(nn.Module):
     """
 
     def __init__(self, *, img_size: int, patch_size: int, depth: int, hidden_size: int,
-                 num_heads: int, dropout: float = 0.0, attn_dropout: float = 0.0):
+                 num_heads: int, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 channels: int = 3):
         super().__init__()
         check_patching(img_size, patch_size)
-        self.img_size = img_size
+        self.img_size, self.channels = img_size, channels
         self.patch_size = patch_size
         self.hidden_size = hidden_size
-        self.patch_embed = nn.Conv2d(IMAGE_CHANNELS, hidden_size, patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(channels, hidden_size, patch_size, stride=patch_size)
         grid = img_size // patch_size
         # A buffer, not a parameter: fixed as in the paper; not saved (it is a function of
         # the config), so checkpoints stay independent of how it is computed.
@@ -237,16 +237,18 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, dropout, attn_dropout)
                                     for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size)
+        self.final_layer = FinalLayer(hidden_size, patch_size, channels)
         self.initialize_weights()
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "DiT":
         """Build from the `model` section of `params.yaml` (a preset or the custom keys)."""
         depth, hidden, heads = dit_dims(config)
-        return cls(img_size=config.img_size, patch_size=config.patch_size, depth=depth,
+        # In latent space the patches are of latents: patch_size counts latent pixels.
+        channels, _, side = config.data_shape
+        return cls(img_size=side, patch_size=config.patch_size, depth=depth,
                    hidden_size=hidden, num_heads=heads, dropout=config.dropout,
-                   attn_dropout=config.attn_dropout)
+                   attn_dropout=config.attn_dropout, channels=channels)
 
     def initialize_weights(self) -> None:
         """DiT's initialisation: Xavier everywhere, zeros where adaLN-Zero needs them."""
@@ -278,9 +280,9 @@ class DiT(nn.Module):
     def unpatchify(self, x: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """x: [B, T, p·p·3] -> [B, 3, grid_h·p, grid_w·p] (DiT's channel-last patch order)."""
         p = self.patch_size
-        x = x.reshape(x.shape[0], grid_h, grid_w, p, p, IMAGE_CHANNELS)
+        x = x.reshape(x.shape[0], grid_h, grid_w, p, p, self.channels)
         x = torch.einsum("nhwpqc->nchpwq", x)
-        return x.reshape(x.shape[0], IMAGE_CHANNELS, grid_h * p, grid_w * p)
+        return x.reshape(x.shape[0], self.channels, grid_h * p, grid_w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] noisy images, t: int64 [B] timesteps -> [B, 3, H, W]."""

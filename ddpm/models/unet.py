@@ -54,7 +54,6 @@ from ddpm.models.config import ModelConfig
 from ddpm.models.layers import (BlockOptions, Downsample, ResidualStack, TimeEmbedding,
                                 Upsample)
 
-IMAGE_CHANNELS = 3  # RGB in, RGB-shaped prediction (ε, v or x0) out
 
 
 # ------------------------------------------------------------ layout checks
@@ -136,7 +135,7 @@ def _check_divisors(channels: Sequence[int], layers: list[tuple[str, int, Sequen
 def check_layout(config: ModelConfig, *, up_layers: bool = True) -> None:
     """Raise a one-line ConfigError for the first mistake in a UNet layout (`model.*`);
     without `up_layers` (UNet++) the up_* keys are not read."""
-    img_size, channels = config.img_size, config.channels
+    img_size, channels = config.data_shape[-1], config.channels
     down_attn, down_channel_indices = config.down_attn, config.down_channel_indices
     mid_attn, mid_channel_indices = config.mid_attn, config.mid_channel_indices
     up_attn, up_channel_indices = ((config.up_attn, config.up_channel_indices) if up_layers
@@ -167,7 +166,7 @@ def embedding_blocks_and_stem(config: ModelConfig
     blocks = BlockOptions(time_embedding.dim, config.num_heads, config.norm_groups,
                           config.dropout, config.dropout_kind, config.attn_dropout,
                           config.time_injection, config.zero_init)
-    return time_embedding, blocks, nn.Conv2d(IMAGE_CHANNELS, base_ch, 3, padding=1)
+    return time_embedding, blocks, nn.Conv2d(config.data_shape[0], base_ch, 3, padding=1)
 
 
 class DownLevel(nn.Module):
@@ -209,7 +208,7 @@ class UNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         check_layout(config)
-        self.img_size = config.img_size
+        self.img_size = config.data_shape[-1]
         self.time_embedding, blocks, self.stem = embedding_blocks_and_stem(config)
         channels, num_res_blocks = config.channels, config.num_res_blocks
         stack = blocks.stack
@@ -231,7 +230,7 @@ class UNet(nn.Module):
         # Levels the up layers did not reach: one plain up step each, back to `ch`.
         self.head_up = nn.ModuleList(UpLevel(ch, stack(ch + skip_ch, ch, 1, False))
                                      for skip_ch in reversed(skip_chs))
-        self.head = blocks.head(ch, IMAGE_CHANNELS)
+        self.head = blocks.head(ch, config.data_shape[0])
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNet":

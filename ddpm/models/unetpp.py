@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ddpm.models.config import ModelConfig
-from ddpm.models.unet import (IMAGE_CHANNELS, DownLevel, UpLevel, check_layout,
+from ddpm.models.unet import (DownLevel, UpLevel, check_layout,
                              embedding_blocks_and_stem)
 
 NESTED_NODE_BLOCKS = 1  # ResidualBlocks in each nested node X^{i,j≥1} (see module docstring)
@@ -86,7 +86,7 @@ class UNetPP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         check_layout(config, up_layers=False)   # the UNet's checks of the keys UNet++ reads
-        self.img_size = config.img_size
+        self.img_size = config.data_shape[-1]
         channels, down_attn = config.channels, config.down_attn
         self.depth = len(down_attn)                          # L: levels 0..L
         widths = level_widths(channels, config.down_channel_indices, config.mid_channel_indices)
@@ -107,7 +107,7 @@ class UNetPP(nn.Module):
                                              NESTED_NODE_BLOCKS, down_attn[i]))
                 for i in range(self.depth + 1 - j))
             for j in range(1, self.depth + 1))
-        self.head = blocks.head(widths[0], IMAGE_CHANNELS)
+        self.head = blocks.head(widths[0], config.data_shape[0])
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "UNetPP":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddpm.autoencoder.config import AutoencoderConfig
 from ddpm.config import SECTIONS, load_params, sections_from_dict
 from ddpm.data.config import DataConfig
 from ddpm.diffusion.config import DiffusionConfig
@@ -30,6 +31,7 @@ class ReportConfig:
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

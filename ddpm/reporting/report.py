@@ -17,6 +17,7 @@ import pandas as pd
 from ddpm.diffusion.config import DiffusionConfig
 from ddpm.io.atomic import write_text_atomically
 from ddpm.io.figures import save_figure
+from ddpm.autoencoder.outputs import GRID, QUALITY
 from ddpm.reporting.config import Params
 
 
@@ -31,6 +32,7 @@ class RunOutputs:
     analysis: Path
     sweep: Path | None = None
     memorisation: Path | None = None
+    autoencoder: Path | None = None   # latent space: quality.json, reconstructions.png
 
 
 def _read_json(path: Path) -> dict:
@@ -193,6 +195,9 @@ def _likelihood_row(analysis: dict, params: Params) -> tuple[str, str]:
     bound = analysis.get("likelihood")
     process = (f"DDPM reverse process, {params.sample.variance} variance, x0 "
                f"{'clipped' if params.sample.clip_x0 else 'unclipped'}")
+    if not bound and params.model.space == "latent":
+        return ("NLL upper bound (bits/dim)", "not computed in latent space: the bound is of a "
+                "discrete pixel decoder, which the autoencoder's latents do not have")
     if not bound:
         return (f"NLL upper bound (bits/dim, holdout; {process})",
                 "not computed in this run (no likelihood in analysis/metrics.json)")
@@ -366,6 +371,37 @@ def _sweep_table(csv: Path) -> list[str]:
     return lines + [""]
 
 
+def _autoencoder_section(outputs: RunOutputs, params: Params, figures: Path) -> list[str]:
+    """Latent space: the autoencoder's holdout quality, the floor it sets on FID."""
+    quality = _read_json(outputs.autoencoder / QUALITY)
+    recon = _read_json(outputs.fid).get("reconstruction", {})
+    f, ae = params.model.latent_factor, params.autoencoder
+    source = (f"pretrained `{ae.pretrained}`" if ae.source == "pretrained" else
+              f"trained here: widths {ae.channels}, {ae.max_steps} steps of {ae.batch_size}")
+    rows = [
+        ("autoencoder", source),
+        ("latent shape (C, h, w)", f"{quality.get('latent_shape')} for "
+         f"{params.model.img_size} px images (f = {f})"),
+        (f"holdout PSNR (dB, {quality.get('n')} images; ± s.e.)",
+         f"**{pm(quality.get('psnr_db'), quality.get('psnr_se'))}**"),
+        (f"bicubic ×1/{f} and back, the same images (dB; the baseline to beat)",
+         pm(quality.get("bicubic_psnr_db"), quality.get("bicubic_psnr_se"))),
+    ]
+    if recon:
+        rows += [(f"reconstruction FID ({recon['n']} holdout reconstructions): the floor of "
+                  "any latent model's FID", fmt(recon["fid"])),
+                 (f"FID of the same {recon['n']} holdout originals (FID's bias at this N)",
+                  fmt(recon["fid_originals"]))]
+    lines = ["", "## Autoencoder", "",
+             "The diffusion model denoises this autoencoder's latents (model.space = latent); "
+             "its samples are decoded to images. Top row holdout originals, middle row "
+             "bicubic down- and up-sampling by the same factor, bottom row the "
+             "autoencoder's reconstructions:", ""]
+    lines += _figure(outputs.autoencoder / GRID, figures, "reconstructions.png",
+                     "autoencoder reconstructions")
+    return lines + _table(rows, ("autoencoder", "value"))
+
+
 def _memorisation_section(folder: Path, figures: Path) -> list[str]:
     lines = ["## Memorisation", "",
              "Distance from each generated image to its nearest training image or that "
@@ -413,7 +449,9 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
                  f"{manifest.get('img_size')} px, crop `{manifest.get('crop')}`, "
                  f"{len(manifest.get('skipped', []))} skipped"),
         ("model", f"`{params.model.arch}`, {params.diffusion.schedule} schedule, "
-                  f"T = {params.diffusion.timesteps}, predicts {params.diffusion.prediction}"),
+                  f"T = {params.diffusion.timesteps}, predicts {params.diffusion.prediction}"
+                  + (f", in latent space {list(params.model.data_shape)}"
+                     if params.model.space == "latent" else "")),
         ("training", f"batch {params.train.batch_size} × accumulate "
                      f"{params.train.accumulate_grad_batches} × {params.train.devices} device(s), "
                      f"lr {params.train.lr}"),
@@ -424,6 +462,8 @@ def build_report(params: Params, outputs: RunOutputs, out_md: Path) -> str:
     lines += _table([(f"`{k}`", f"{fmt(a)} (default {fmt(b)})") for k, a, b in changed],
                     ("key", "value")) if changed else ["_none: this is the default run._"]
     lines += ["", "## Metrics", ""] + _table(_metrics_rows(outputs, params), ("metric", "value"))
+    if params.model.space == "latent" and outputs.autoencoder is not None:
+        lines += _autoencoder_section(outputs, params, figures)
     lines += ["", "## Samples", "", "The first generated samples (fixed seeds):", ""]
     lines += _figure(outputs.samples / "grid.png", figures, "samples.png", "sample grid")
     lines += ["## Sampling trajectory", "",

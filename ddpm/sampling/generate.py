@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddpm.config import to_dict
+from ddpm.autoencoder.decoding import LatentDecoder, load_decoder
+from ddpm.config import build_section, to_dict
 from ddpm.diffusion.registry import sample_images, sampler_nfe
 from ddpm.diffusion.samplers import initial_noise, sample_generators
 from ddpm.io.atomic import write_atomically, write_json_atomically, write_text_atomically
@@ -45,6 +46,7 @@ from ddpm.io.precision import resolve_sample
 from ddpm.io.progress import progress_bar
 from ddpm.models.checkpoint import WEIGHTS_FILES, load_model
 from ddpm.models.compiling import CompiledNet
+from ddpm.models.config import ModelConfig
 from ddpm.sampling.config import SampleConfig
 
 GRID_SIZE = 64
@@ -71,8 +73,12 @@ def sample_fingerprint(model_dir: Path, sample: SampleConfig, device_type: str) 
     settings = {k: v for k, v in to_dict(sample).items() if k not in NOT_FINGERPRINTED}
     weights = model_dir / WEIGHTS_FILES[sample.use_ema]
     # CPU and GPU kernels round differently: shards from both must not mix.
-    return {"weights_sha256": file_sha256(weights), "sample": settings,
-            "device_type": device_type}
+    expected = {"weights_sha256": file_sha256(weights), "sample": settings,
+                "device_type": device_type}
+    latent = json.loads((model_dir / "config.json").read_text()).get("latent")
+    if latent:  # latent space: the images also depend on the decoder and the scale
+        expected["latent"] = latent
+    return expected
 
 
 def shard_path(out_dir: Path, shard: int) -> Path:
@@ -146,14 +152,14 @@ def sampling_net(net: torch.nn.Module, sample: SampleConfig,
 
 
 def run_sampler(net, schedule, sample: SampleConfig, prediction: str, indices,
-                img_size: int, device, trajectory_frames: int = 0):
+                shape: tuple[int, int, int], device, trajectory_frames: int = 0):
     """Samples for `indices` (a batch) with the configured sampler; a SampleResult.
 
     `net` is the sampling network (`sampling_net`): precision and compilation are
     applied there, once, not per batch.
     """
     generators = sample_generators(sample.seed, indices)
-    noise = initial_noise(generators, (3, img_size, img_size), device)
+    noise = initial_noise(generators, shape, device)
     return sample_images(sample.sampler, net, schedule, noise, generators, steps=sample.steps,
                          eta=sample.eta, spacing=sample.spacing,
                          solver_spacing=sample.solver_spacing, variance=sample.variance,
@@ -168,11 +174,21 @@ class Generator:
     schedule: object
     sample: SampleConfig
     prediction: str
-    img_size: int
+    shape: tuple[int, int, int]  # of what the network denoises: images, or latents
     device: torch.device
+    decoder: LatentDecoder | None = None  # latent space: latents → images
 
     def __post_init__(self):
         self.sampler_net = sampling_net(self.net, self.sample, self.device)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the output images (px)."""
+        return self.shape[-1] * (1 if self.decoder is None else self.decoder.factor)
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's output as uint8 images [B, 3, H, W] (decoded in latent space)."""
+        return to_uint8(x if self.decoder is None else self.decoder(x))
 
     def images(self, indices: range, bar: tqdm | None = None) -> np.ndarray:
         """Samples `indices` as uint8 [k, H, W, 3], `sample.batch_size` at a time."""
@@ -180,8 +196,8 @@ class Generator:
         for start in range(indices.start, indices.stop, self.sample.batch_size):
             batch = range(start, min(start + self.sample.batch_size, indices.stop))
             result = run_sampler(self.sampler_net, self.schedule, self.sample, self.prediction,
-                                 batch, self.img_size, self.device)
-            images.append(to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
+                                 batch, self.shape, self.device)
+            images.append(self.to_uint8(result.images).permute(0, 2, 3, 1).cpu().numpy())
             if bar is not None:
                 bar.update(len(batch))
         return np.concatenate(images)
@@ -200,8 +216,16 @@ def load_generator(model_dir: Path, sample: SampleConfig,
                    device: str | torch.device = "cpu") -> Generator:
     """A Generator for the trained model in `model_dir` (EMA or raw weights, per `sample`)."""
     net, schedule, config = load_model(model_dir, device, use_ema=sample.use_ema)
-    return Generator(net, schedule, sample, config["diffusion"]["prediction"],
-                     config["model"]["img_size"], torch.device(device))
+    model = build_section(ModelConfig, config["model"], "model")
+    decoder = load_decoder(model_dir, config, device)
+    return Generator(net, schedule, for_space(sample, model), config["diffusion"]["prediction"],
+                     model.data_shape, torch.device(device), decoder)
+
+
+def for_space(sample: SampleConfig, model: ModelConfig) -> SampleConfig:
+    """`sample` as it applies to `model.space`: latents have no fixed range, so
+    `sample.clip_x0` (clip to [-1, 1]) applies to pixel space only."""
+    return replace(sample, clip_x0=sample.clip_x0 and model.space == "pixel")
 
 
 def prepare_output(out_dir: Path, expected: dict) -> None:
@@ -239,7 +263,7 @@ def generate(model_dir: str | Path, out_dir: str | Path, sample: SampleConfig, *
     if rank == 0:
         prepare_output(out_dir, expected)
     barrier()
-    img_size, schedule = engine.img_size, engine.schedule
+    img_size, schedule = engine.image_size, engine.schedule
     shards = shard_count(sample)
     mine = [s for s in range(shards) if s % world_size == rank
             and not shard_done(out_dir, sample, s)]
@@ -291,13 +315,13 @@ def write_trajectory(engine: Generator, path: Path) -> None:
     # Uncompiled: a graph for one more batch shape would take longer than these few images.
     eager = replace(engine.sample, compile="none")
     result = run_sampler(sampling_net(engine.net, eager, engine.device), engine.schedule, eager,
-                         engine.prediction, range(TRAJECTORY_SEEDS), engine.img_size,
+                         engine.prediction, range(TRAJECTORY_SEEDS), engine.shape,
                          engine.device, trajectory_frames=TRAJECTORY_FRAMES)
     frames = []
     for t, x_t, x0_hat in result.trajectory:
-        both = torch.cat([to_uint8(x_t), to_uint8(x0_hat)])  # [2·seeds, 3, H, W]
+        both = torch.cat([engine.to_uint8(x_t), engine.to_uint8(x0_hat)])  # [2·seeds, 3, H, W]
         frame = grid_image(both, nrow=TRAJECTORY_SEEDS)
-        scale = max(1, 64 // engine.img_size)  # small images enlarged to 64 px, no more
+        scale = max(1, 64 // engine.image_size)  # small images enlarged to 64 px, no more
         frames.append(frame.resize((frame.width * scale, frame.height * scale),
                                    Image.Resampling.NEAREST))
     durations = [120] * (len(frames) - 1) + [1500]  # linger on the result

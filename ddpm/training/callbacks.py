@@ -63,28 +63,32 @@ class SampleGrid(L.Callback):
     """
 
     def __init__(self, every_n_steps: int, sampler: str, steps: int, n: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, decode=None):
         self.every, self.sampler, self.steps = every_n_steps, sampler, steps
         self.n, self.seed = n, seed
+        self.decode = decode  # latent space: latents → images in [-1, 1]
         self._last = -1
 
     def _draw(self, pl_module, noise: torch.Tensor, generators) -> torch.Tensor:
         # Fixed (sample.*'s defaults): only a preview; the generate stage makes the real samples.
         return sample_images(self.sampler, pl_module.ema_net, pl_module.schedule, noise,
                              generators, steps=self.steps, eta=0.0, spacing="trailing",
-                             solver_spacing="trailing", variance="small", clip_x0=True,
+                             solver_spacing="trailing", variance="small",
+                             clip_x0=self.decode is None,  # latents have no fixed range
                              prediction=pl_module.diffusion.prediction).images
 
     def _log(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_step == self._last or not trainer.is_global_zero:
             return
         self._last = trainer.global_step
-        size = pl_module.model_config.img_size
         generators = sample_generators(self.seed, range(self.n))
-        noise = initial_noise(generators, (3, size, size), pl_module.device)
+        noise = initial_noise(generators, pl_module.model_config.data_shape, pl_module.device)
         pl_module.ema_net.eval()  # Lightning's .train() reaches it too; no dropout when sampling
-        image = grid_image(to_uint8(self._draw(pl_module, noise, generators)),
-                           nrow=int(self.n ** 0.5))
+        x = self._draw(pl_module, noise, generators)
+        if self.decode is not None:
+            with torch.no_grad():
+                x = self.decode(x)
+        image = grid_image(to_uint8(x), nrow=int(self.n ** 0.5))
         for logger in trainer.loggers:
             log_image(logger, f"samples/step-{trainer.global_step:07d}.png", image)
 

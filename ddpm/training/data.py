@@ -1,4 +1,4 @@
-"""Prepared Parquet shards → training batches (image, t, ε, position), plus a fixed validation set.
+"""Prepared Parquet shards (or encoded latents) → training batches (image, t, ε, position), plus a fixed validation set.
 
 Workers decode PNG → uint8 [3, H, W] and draw each image's t, flip and ε from
 (seed, epoch, its position in the epoch's permutation) (`ddpm.training.draws`);
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ddpm.autoencoder.latents import LatentImages
 from ddpm.data.prepared import PreparedImages
 from ddpm.diffusion.samplers import sample_generators
 from ddpm.errors import DataError
@@ -54,7 +55,9 @@ class TrainingImages(Dataset):
         image = self.images[index]
         t, flip, noise = draw(self.seed, epoch, position, tuple(image.shape), self.timesteps)
         if self.hflip and flip:
-            image = image.flip(-1)
+            # Latents: the mirror image's own latent (an autoencoder is not flip-equivariant).
+            mirrored = getattr(self.images, "mirrored", None)
+            image = mirrored(index) if mirrored else image.flip(-1)
         return TrainingBatch(image, torch.tensor(t), noise, torch.tensor(position),
                              torch.tensor(epoch))
 
@@ -67,13 +70,12 @@ class FixedNoiseImages(Dataset):
     batch size sees exactly the same (x0, ε, t) triples.
     """
 
-    def __init__(self, images: PreparedImages, timesteps: int, seed: int):
+    def __init__(self, images: Dataset, timesteps: int, seed: int):
         self.images = images
         n = len(images)
         self.t = torch.tensor([int((i + 0.5) * timesteps / n) for i in range(n)])
-        size = images.img_size
-        self.noise = [torch.randn((3, size, size), generator=g)
-                      for g in sample_generators(seed, range(n))]
+        shape = tuple(images[0].shape) if n else ()
+        self.noise = [torch.randn(shape, generator=g) for g in sample_generators(seed, range(n))]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -148,23 +150,30 @@ class FaceDataModule(L.LightningDataModule):
     """Train split (shuffled and sharded by rank: `EpochOrder`) and a fixed val set."""
 
     def __init__(self, prepared_dir: str | Path, *, batch_size: int, num_workers: int,
-                 val_images: int, timesteps: int, seed: int, hflip: bool):
+                 val_images: int, timesteps: int, seed: int, hflip: bool,
+                 latents_dir: str | Path | None = None):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
+        self.latents_dir = None if latents_dir is None else Path(latents_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_images, self.timesteps, self.seed = val_images, timesteps, seed
         self.hflip = hflip
 
+    def split(self, name: str, limit: int | None = None) -> Dataset:
+        """A split's uint8 images, or in latent space its scaled latents."""
+        if self.latents_dir is not None:
+            return LatentImages(self.latents_dir, name, limit)
+        return PreparedImages(self.prepared_dir, name, limit)
+
     def setup(self, stage: str) -> None:
-        self.train_set = TrainingImages(PreparedImages(self.prepared_dir, "train"),
-                                        seed=self.seed, timesteps=self.timesteps,
-                                        hflip=self.hflip)
+        self.train_set = TrainingImages(self.split("train"), seed=self.seed,
+                                        timesteps=self.timesteps, hflip=self.hflip)
         if len(self.train_set) < self.batch_size:
             raise DataError(f"train.batch_size = {self.batch_size}: larger than the "
                             f"{len(self.train_set)} training images; lower it")
-        holdout = PreparedImages(self.prepared_dir, "holdout", limit=self.val_images)
+        holdout = self.split("holdout", self.val_images)
         if len(holdout) == 0:  # tiny data sets: validate on training images instead
-            holdout = PreparedImages(self.prepared_dir, "train", limit=self.val_images)
+            holdout = self.split("train", self.val_images)
         self.val_set = FixedNoiseImages(holdout, self.timesteps, self.seed)
 
     def _loader_options(self) -> dict:

@@ -25,6 +25,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ddpm.autoencoder.decoding import LatentDecoder, copy_autoencoder
+from ddpm.autoencoder.files import load_autoencoder
+from ddpm.autoencoder.latents import read_latent_manifest
 from ddpm.config import Sections, to_dict
 from ddpm.data.prepared import read_manifest
 from ddpm.diffusion.config import DiffusionConfig
@@ -43,7 +46,7 @@ from ddpm.training.system import DiffusionSystem
 CHECKPOINT = "last.ckpt"
 
 # Both are intended here: the EMA copy lives in eval mode inside the module, and
-# the module (not the DataModule) scales and flips batches on the device.
+# the module (not the DataModule) scales batches to [-1, 1] on the device.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer`.*")
 # Third-party noise with nothing for the user to do: torch's own pytree deprecation
@@ -77,8 +80,8 @@ class TrainingParams(Protocol):
 
 # The code that decides what is learned: an edit to it re-runs the stage (dvc.yaml
 # deps), and must also start training afresh rather than resume the old run.
-TRAINING_CODE = ("config.py", "io/precision.py", "data/prepared.py", "models", "diffusion",
-                 "training")
+TRAINING_CODE = ("config.py", "io/precision.py", "data/prepared.py", "autoencoder/latents.py",
+                 "models", "diffusion", "training")
 
 
 def code_sha256() -> str:
@@ -182,10 +185,30 @@ def build_trainer(cfg: TrainConfig, logger, callbacks: Sequence[L.Callback],
         enable_progress_bar=progress, enable_model_summary=False)
 
 
+def latent_data(model: ModelConfig, latents_dir: str | Path | None,
+                autoencoder_dir: str | Path | None, device: torch.device
+                ) -> tuple[dict | None, LatentDecoder | None]:
+    """Latent space: the encode stage's manifest (checked against `model`) and a decoder
+    for the sample grids; pixel space: (None, None)."""
+    if model.space != "latent":
+        return None, None
+    if latents_dir is None or autoencoder_dir is None:
+        raise DataError("model.space = 'latent' needs the encoded latents and the autoencoder "
+                        "(--latents, --autoencoder); run the pipeline with dvc repro")
+    manifest = read_latent_manifest(latents_dir)
+    if manifest.get("space") != "latent" or tuple(manifest["shape"]) != model.data_shape:
+        raise DataError(f"{latents_dir} holds latents of shape {manifest.get('shape')} but "
+                        f"model.* asks for {list(model.data_shape)}; re-run encode (dvc repro)")
+    decoder = LatentDecoder(load_autoencoder(autoencoder_dir, device), manifest["scale"])
+    return manifest, decoder
+
+
 def train(params: TrainingParams, prepared_dir: str | Path, models_dir: str | Path,
           state_dir: str | Path, live_dir: str | Path, *, mlruns_dir: str | Path = "mlruns",
+          latents_dir: str | Path | None = None, autoencoder_dir: str | Path | None = None,
           extra_callbacks: Sequence[L.Callback] = (), progress: bool = True) -> None:
-    """Train (or resume) the model described by `params` on a prepared data set."""
+    """Train (or resume) the model described by `params` on a prepared data set (or, in
+    latent space, on its latents in `latents_dir`, made with `autoencoder_dir`)."""
     check_accelerator("train", params.train.accelerator, params.train.devices)
     if "mlflow" in params.train.loggers:
         require_mlflow()  # before any work
@@ -200,18 +223,23 @@ def train(params: TrainingParams, prepared_dir: str | Path, models_dir: str | Pa
         print(f"train formats {formats}")
     params = Sections(model=params.model, diffusion=params.diffusion, train=train_cfg)
     cfg, state_dir = params.train, Path(state_dir)
+    latents, decoder = latent_data(params.model, latents_dir, autoencoder_dir,
+                                   torch_device("train", cfg.accelerator))
     expected = fingerprint(params, manifest["content_sha256"])
+    if latents is not None:  # the latents depend on the autoencoder too
+        expected["latent"] = {k: latents[k] for k in ("scale", "factor", "autoencoder_sha256")}
     resume = resume_path(state_dir, expected)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = DiffusionSystem(params.model, params.diffusion, cfg)
     data = FaceDataModule(prepared_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           val_images=cfg.val_images, timesteps=params.diffusion.timesteps,
-                          seed=cfg.seed, hflip=cfg.hflip)
+                          seed=cfg.seed, hflip=cfg.hflip,
+                          latents_dir=latents_dir if latents is not None else None)
     loggers = build_loggers(cfg.loggers, Path(live_dir), Path(mlruns_dir), state_dir,
                             resume is not None)
     callbacks = [ResumeCheckpoint(state_dir / CHECKPOINT, cfg.checkpoint_every, expected),
                  SampleGrid(cfg.sample_every, cfg.preview_sampler, cfg.preview_steps,
-                            seed=cfg.seed), Throughput(),
+                            seed=cfg.seed, decode=decoder), Throughput(),
                  *extra_callbacks]
     # A live bar on a terminal; elsewhere (dvc repro's pipe, CI logs) plain lines.
     bar = progress and interactive()
@@ -232,6 +260,8 @@ def train(params: TrainingParams, prepared_dir: str | Path, models_dir: str | Pa
         config = {**expected, "formats": formats, "steps": trainer.global_step,
                   "images_seen": trainer.global_step * cfg.batch_size
                   * cfg.accumulate_grad_batches * trainer.world_size}
+        if latents is not None:  # generate decodes with these: models/ is all it needs
+            copy_autoencoder(autoencoder_dir, models_dir)
         save_model(system.ema_net, system.net, models_dir, config)
         log_final(loggers, Path(models_dir), {"train/time_s": seconds}, trainer.global_step)
         print(f"trained to step {trainer.global_step}; EMA weights in {models_dir}")

@@ -69,11 +69,11 @@ class DiffusionSystem(L.LightningModule):
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, TrainingBatch):  # uint8 images, already flipped, with their draws
-            batch = batch._replace(images=to_unit_range(batch.images))
-        else:  # validation: (uint8 images, fixed noise, fixed t)
+        if isinstance(batch, TrainingBatch):  # images, already flipped, with their draws
+            batch = batch._replace(images=_model_range(batch.images))
+        else:  # validation: (images, fixed noise, fixed t)
             images, noise, t = batch
-            batch = (to_unit_range(images), noise, t)
+            batch = (_model_range(images), noise, t)
         if self.train_config.channels_last:
             batch = _channels_last(batch)
         return batch
@@ -151,6 +151,11 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str) ->
         return min(1.0, (step + 1) / warmup)
     progress = min(1.0, (step + 1 - warmup) / max(max_steps - warmup, 1))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images → [-1, 1]; latents (already scaled floats) pass unchanged."""
+    return to_unit_range(images) if images.dtype == torch.uint8 else images
 
 
 def _channels_last(batch):
