@@ -28,11 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 # Top-level folders the pipeline writes: never copied from this checkout.
 PIPELINE_OUTPUTS = {"data", "models", "samples", "fid_ref", "metrics", "memorisation", "sweep",
-                    "analysis", "dvclive", "reports", "state"}
+                    "analysis", "dvclive", "reports", "state", "autoencoder", "autoencoder_live",
+                    "latents"}
 
 TINY = tiny.raw_params(
     # The shipped zero-init: the pipeline trains the model as a user's run would.
-    model={"zero_init": True},
+    # latent_factor 4: the tiny UNet's two halvings need a 4×4 latent of a 16 px image. The
+    # autoencoder keys take effect in the latent-space experiment only.
+    model={"zero_init": True, "latent_factor": 4},
+    autoencoder={"channels": [8, 16], "max_steps": 40, "batch_size": 8, "eval_images": 8,
+                 "checkpoint_every": 20},
     train={"max_steps": 120, "val_every": 40, "sample_every": 60, "checkpoint_every": 60},
     sample={"n": 24, "steps": 10, "batch_size": 12, "shard_size": 12, "sweep_steps": [2, 5],
             "sweep_n": 12},
@@ -173,11 +178,27 @@ def test_experiments_run_show_compare_and_rerun_only_what_they_touch(project):
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {"generate", "fid", "report"}, output
     run(["git", "checkout", "params.yaml"], project)   # the next experiment starts from main
-    run(["dvc", "exp", "run", "-n", "linear", "-S", "diffusion.schedule=linear"], project,
-        timeout=900)
+    # Latent space: the autoencoder trains, the images are encoded, everything after runs
+    # on latents and the samples are decoded; a diffusion change then re-trains the
+    # diffusion model alone: neither the autoencoder nor the latents are made again.
+    output = run(["dvc", "exp", "run", "-n", "latent", "-S", "model.space=latent"], project,
+                 timeout=900).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert {"autoencoder", "encode", "train", "generate", "report"} <= ran, output
+    assert "reconstruction FID" in output and "autoencoder: holdout PSNR" in output
+    run(["git", "checkout", "params.yaml"], project)
+    output = run(["dvc", "exp", "run", "-n", "linear", "-S", "model.space=latent", "-S",
+                  "diffusion.schedule=linear"], project, timeout=900).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert "train" in ran and not ran & {"prepare", "autoencoder", "encode", "fid_ref"}, output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(shown)
-    assert '"linear"' in text and '"ddim20"' in text
+    assert '"linear"' in text and '"ddim20"' in text and '"latent"' in text
+    assert '"psnr_db"' in text      # the autoencoder's metrics are columns of exp show
+    # The workspace now holds the latent run: its report shows the autoencoder.
+    report = (project / "reports/report.md").read_text()
+    assert "## Autoencoder" in report and "](figures/reconstructions.png)" in report
+    assert "reconstruction FID" in report and "in latent space [4, 4, 4]" in report
     out = project / "compare"
     run([sys.executable, "-m", "ddpm.cli", "compare", "--out", str(out / "experiments.md")],
         project)

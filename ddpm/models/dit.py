@@ -89,10 +89,10 @@ def _near(value: int, factor: int) -> str:
     return " or ".join(str(s) for s in (lower, lower + factor) if s > 0)
 
 
-def check_patching(img_size: int, patch_size: int) -> None:
+def check_patching(img_size: int, patch_size: int, key: str = "model.img_size") -> None:
     if img_size % patch_size:
         raise ConfigError(
-            f"model.img_size = {img_size} is not divisible by model.patch_size = {patch_size}: "
+            f"{key} = {img_size} is not divisible by model.patch_size = {patch_size}: "
             f"use an img_size that is a multiple of {patch_size} (such as "
             f"{_near(img_size, patch_size)}), or a patch_size that divides {img_size}")
 
@@ -246,6 +246,9 @@ class DiT(nn.Module):
         depth, hidden, heads = dit_dims(config)
         # In latent space the patches are of latents: patch_size counts latent pixels.
         channels, _, side = config.data_shape
+        if config.space == "latent":  # the message names what is too small
+            check_patching(side, config.patch_size,
+                           "the latent side model.img_size / model.latent_factor")
         return cls(img_size=side, patch_size=config.patch_size, depth=depth,
                    hidden_size=hidden, num_heads=heads, dropout=config.dropout,
                    attn_dropout=config.attn_dropout, channels=channels)

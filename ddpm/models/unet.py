@@ -97,7 +97,8 @@ def _check_chain(layers: list[tuple[str, int, Sequence[int]]]) -> None:
                 "layer's in index equal the previous layer's out index")
 
 
-def _check_resolution(img_size: int, num_down: int, num_up: int) -> None:
+def _check_resolution(img_size: int, num_down: int, num_up: int,
+                      key: str = "model.img_size") -> None:
     if num_up > num_down:
         raise ConfigError(
             f"model.up_attn has {num_up} up layers but model.down_attn has only {num_down} "
@@ -108,7 +109,7 @@ def _check_resolution(img_size: int, num_down: int, num_up: int) -> None:
         sizes = " or ".join(str(s) for s in (lower, lower + factor) if s >= max(8, factor))
         max_down = (img_size & -img_size).bit_length() - 1  # halvings img_size allows
         raise ConfigError(
-            f"model.img_size = {img_size} is not divisible by 2^{num_down} = {factor} "
+            f"{key} = {img_size} is not divisible by 2^{num_down} = {factor} "
             f"({num_down} down layers each halve it): use a multiple of {factor} such as "
             f"{sizes}, or at most {max_down} down layers")
 
@@ -149,7 +150,9 @@ def check_layout(config: ModelConfig, *, up_layers: bool = True) -> None:
               for i, pair in enumerate(pairs)]
     _check_indices(channels, layers)
     _check_chain(layers)
-    _check_resolution(img_size, len(down_attn), len(up_attn))
+    side = ("the latent side model.img_size / model.latent_factor"
+            if config.space == "latent" else "model.img_size")
+    _check_resolution(img_size, len(down_attn), len(up_attn), side)
     _check_divisors(channels, layers, [*down_attn, *mid_attn, *up_attn], norm_groups, num_heads)
 
 
