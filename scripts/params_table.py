@@ -8,15 +8,18 @@ from pathlib import Path
 
 import yaml
 
+SECTION = re.compile(r"^(\w+):\s*(?:#\s*(.*))?$")  # a section, with an optional comment
 LINE = re.compile(r"^  (\w+):\s*(.*?)\s+#\s*(.*)$")
 
 
 def main(path: Path = Path("params.yaml")) -> None:
     section = None
     for line in path.read_text().splitlines():
-        if re.match(r"^\w+:\s*$", line):
-            section = line.rstrip(":")
-            print(f"\n**{section}**\n\n| key | default | meaning |\n| --- | --- | --- |")
+        heading = SECTION.match(line)
+        if heading:
+            section, note = heading.groups()
+            note = f" ({note})" if note else ""
+            print(f"\n**{section}**{note}\n\n| key | default | meaning |\n| --- | --- | --- |")
             continue
         match = LINE.match(line)
         if match and section:

@@ -24,10 +24,16 @@ class AutoencoderConfig:
     num_res_blocks: int = bounded(1, ge=1)
     norm_groups: int = bounded(8, ge=1)
     kl_weight: float = bounded(1e-6, ge=0.0)
-    max_steps: int = bounded(400, ge=1)
+    # 400 steps reach only the bicubic baseline's PSNR on 32 px demo faces at f = 4 (21.8
+    # against 21.7 dB); 800 beat it by 2.1-2.4 dB (tests/test_autoencoder.py).
+    max_steps: int = bounded(800, ge=1)
     batch_size: int = bounded(8, ge=1)
     lr: float = bounded(1e-3, gt=0.0)
     warmup_steps: int = bounded(20, ge=0)
+    # Train on random crop × crop windows (0 = whole images). The network is convolutional:
+    # it learns from crops and encodes whole images (LDM trains on 256 px crops). At 256 px
+    # a crop of 64 makes a step 16× cheaper. A multiple of the factor.
+    crop: int = bounded(64, ge=0)
     seed: int = 0
     checkpoint_every: int = bounded(100, ge=1)
     # Holdout images for PSNR, the bicubic baseline and the reconstruction grid; at

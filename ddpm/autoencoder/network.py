@@ -29,8 +29,9 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 # The log-variance the encoder starts from (the bias of its logvar outputs). With
 # kl_weight ~1e-6 the trained posterior is nearly a point anyway; starting at log σ² = 0
 # instead hides the mean under unit noise until Adam, moving a bias ~lr per step, has
-# walked it down: hundreds of steps of a short run.
-INITIAL_LOGVAR = -6.0
+# walked it down. Holdout PSNR after 400 steps on 32 px demo faces at f = 4: 21.3 dB
+# from 0, 21.7 from −6, 21.8 from −10 (at 800 steps a start at 0 still beats bicubic).
+INITIAL_LOGVAR = -10.0
 
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -124,7 +125,7 @@ class Autoencoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: AutoencoderConfig, *, factor: int,
-                    latent_channels: int) -> "Autoencoder":
+                    latent_channels: int) -> Autoencoder:
         return cls(factor=factor, latent_channels=latent_channels, channels=config.channels,
                    num_res_blocks=config.num_res_blocks, norm_groups=config.norm_groups)
 
