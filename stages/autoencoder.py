@@ -28,6 +28,7 @@ def main(params: Path = PARAMS,
     """Train the autoencoder of model.space = latent (or load autoencoder.pretrained) and
     measure it on holdout images: PSNR against bicubic resampling, reconstructions."""
     config = load_params(params, model=ModelConfig, autoencoder=AutoencoderConfig)
+    state.mkdir(parents=True, exist_ok=True)  # a declared output, even where nothing trains
     if config.model.space != "latent":
         pixel_space_outputs(out, live)
         print("model.space = pixel: no autoencoder")
