@@ -17,7 +17,9 @@ round after round, so a noisy machine slows them alike; each keeps its best roun
 DiT patch sizes (p counts latent pixels in latent space): latent DiT-S/2 has
 (32/2)² = 256 tokens; pixel DiT-S/16 has the same 256 tokens (each a 16×16×3 patch);
 pixel DiT-S/8 (1,024 tokens) is timed too; pixel DiT-S/2 (16,384 tokens, the same
-patch size as the latent model) is counted only: one step would take minutes here.
+model as the latent one) takes minutes per step here, so it is timed apart, after the
+rounds: one step of one image, without a warm-up (which only flatters it), unless
+--no-slow.
 
 Not in the latent figures: the autoencoder's encode, paid once per image in the
 encode stage, and its decode, once per sample after sampling. The encoder's cost per
@@ -55,6 +57,11 @@ class Case:
     config: ModelConfig
     batch: int  # 0: counted, not timed
 
+    @property
+    def slow(self) -> bool:
+        """Minutes per step here: timed once, apart from the interleaved rounds."""
+        return tokens(self.config) > 4096 if self.config.arch == "dit" else False
+
 
 def unet9(img_size: int, space: str) -> ModelConfig:
     return ModelConfig(img_size=img_size, space=space, num_res_blocks=LOG_RES_BLOCKS, **LOG9)
@@ -68,7 +75,7 @@ def cases(img_size: int, quick: bool) -> list[Case]:
     def batch(n: int) -> int:
         return min(n, 1) if quick else n
 
-    dits = [("pixel", 16, 4), ("pixel", 8, 2), ("pixel", 2, 0), ("latent", 2, 4)]
+    dits = [("pixel", 16, 4), ("pixel", 8, 2), ("pixel", 2, 1), ("latent", 2, 4)]
     return [Case("#9 UNet", "pixel", unet9(img_size, "pixel"), batch(2)),
             Case("#9 UNet", "latent", unet9(img_size, "latent"), batch(16))] + [
         Case("DiT-S", f"{space}, /{p} ({tokens(dit_s(img_size, space, p))} tokens)",
@@ -129,6 +136,17 @@ def train_rates(timed: list[Case], rounds: int, steps: int) -> dict[str, float]:
     return {key: max(trainer.rates) for key, trainer in trainers.items()}
 
 
+def slow_rates(slow: list[Case]) -> dict[str, float]:
+    rates = {}
+    for case in slow:
+        print(f"timing {case.model} {case.label}: one step of {case.batch} image(s)...",
+              flush=True)
+        trainer = Trainer(case.config, case.batch)
+        trainer.time(1)
+        rates[case.model + case.label] = trainer.rates[0]
+    return rates
+
+
 def encoder_aside(img_size: int, batch: int, rounds: int) -> str:
     """The one-off cost: encode (mean only, as the encode stage) per image, no grad."""
     with torch.device("meta"):
@@ -177,7 +195,8 @@ def table(all_cases: list[Case], rates: dict[str, float]) -> None:
 
 
 def main(rounds: int = 3, steps: int = 2, threads: int = 2,
-         quick: bool = typer.Option(False, help="128 px, batch 1, 1 round of 1 step")) -> None:
+         quick: bool = typer.Option(False, help="128 px, batch 1, 1 round of 1 step"),
+         slow: bool = typer.Option(True, help="time pixel DiT-S/2 (minutes) too")) -> None:
     torch.set_num_threads(threads)
     img_size = 128 if quick else 256
     rounds, steps = (1, 1) if quick else (rounds, steps)
@@ -186,7 +205,9 @@ def main(rounds: int = 3, steps: int = 2, threads: int = 2,
           f"{rounds} interleaved rounds of {steps} steps; GFLOP = {TRAIN_PER_FORWARD} × "
           "forward (FlopCounterMode, meta device)", flush=True)
     start = time.perf_counter()
-    rates = train_rates([c for c in all_cases if c.batch], rounds, steps)
+    rates = train_rates([c for c in all_cases if c.batch and not c.slow], rounds, steps)
+    if slow:
+        rates |= slow_rates([c for c in all_cases if c.batch and c.slow])
     table(all_cases, rates)
     print(encoder_aside(img_size, 1 if quick else 4, rounds))
     print(f"wall time {time.perf_counter() - start:.0f} s")
