@@ -11,6 +11,16 @@ with L = log2(f) + 1 levels. Unlike LDM's autoencoder it has no attention block 
 mid block attends over every latent position): convolutions only, to stay cheap on a
 CPU; the receptive field of a few levels is enough for reconstruction.
 
+Both halves add a fixed, parameter-free shortcut, the residual autoencoding of DC-AE
+(Chen et al. 2025): the encoder adds the image average-pooled by f (its RGB spread over
+the C latent channels by `shortcut_matrix`) to the posterior mean, and the decoder adds
+those channels mapped back to RGB and bilinearly upsampled by f. The last conv of each
+half starts at zero, so the untrained autoencoder is exactly that down- and up-sampling
+and the networks learn only what it misses. Without it, at 256 px with f = 8 (demo
+faces, 64 px crops, 400 steps), holdout PSNR was 17.3 dB against bicubic's 28.2: flat
+colour, which bicubic keeps exactly, was what the networks had not learnt; with it,
+32.5 dB in the same 400 steps.
+
 Legend: f = `factor` (pixels per latent, per side), C = `latent_channels`,
 q(z|x) = N(mean, exp(logvar)) the posterior, p(z) = N(0, I) the prior.
 """
@@ -32,6 +42,21 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 # walked it down. Holdout PSNR after 400 steps on 32 px demo faces at f = 4: 21.3 dB
 # from 0, 21.7 from −6, 21.8 from −10 (at 800 steps a start at 0 still beats bicubic).
 INITIAL_LOGVAR = -10.0
+
+
+def shortcut_matrix(latent_channels: int) -> Tensor:
+    """M [C, 3]: the encoder's shortcut puts M · rgb into the C latent channels, the
+    decoder's takes pinv(M) · z back. C ≥ 3: channel k carries RGB channel k mod 3 (so
+    the decoder averages the copies); C < 3: channel k averages the RGB channels j with
+    j mod C = k (so the decoder copies it back to each of them)."""
+    m = torch.zeros(latent_channels, 3)
+    for k in range(latent_channels):
+        if latent_channels >= 3:
+            m[k, k % 3] = 1.0
+        else:
+            members = [j for j in range(3) if j % latent_channels == k]
+            m[k, members] = 1.0 / len(members)
+    return m
 
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -111,6 +136,8 @@ class Autoencoder(nn.Module):
         self.encoder = nn.Sequential(*encoder)
         with torch.no_grad():
             self.encoder[-1][-1].bias[latent_channels:].fill_(INITIAL_LOGVAR)
+            self.encoder[-1][-1].weight[:latent_channels].zero_()  # mean = the shortcut
+            self.encoder[-1][-1].bias[:latent_channels].zero_()
 
         decoder: list[nn.Module] = [nn.Conv2d(latent_channels, width, 3, padding=1),
                                     ResBlock(width, width, norm_groups)]
@@ -122,6 +149,12 @@ class Autoencoder(nn.Module):
                 decoder.append(Upsample(width))  # h → 2h
         decoder.append(_head(width, 3, norm_groups))
         self.decoder = nn.Sequential(*decoder)
+        nn.init.zeros_(self.decoder[-1][-1].weight)  # x̂ = the shortcut at first
+        nn.init.zeros_(self.decoder[-1][-1].bias)
+        m = shortcut_matrix(latent_channels)
+        # Derived from C alone: not saved, so weights stay loadable whatever M's form.
+        self.register_buffer("to_latent", m, persistent=False)                 # [C, 3]
+        self.register_buffer("to_rgb", torch.linalg.pinv(m), persistent=False)  # [3, C]
 
     @classmethod
     def from_config(cls, config: AutoencoderConfig, *, factor: int,
@@ -132,11 +165,16 @@ class Autoencoder(nn.Module):
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [B, 3, H, W] in [-1, 1] → (mean, logvar), each [B, C, H/f, W/f]."""
         mean, logvar = self.encoder(x).chunk(2, dim=1)
+        pooled = nn.functional.avg_pool2d(x, self.factor)                 # [B, 3, h, w]
+        mean = mean + torch.einsum("kc,bchw->bkhw", self.to_latent, pooled)
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: Tensor) -> Tensor:
         """z [B, C, h, w] → x̂ [B, 3, h·f, w·f]."""
-        return self.decoder(z)
+        rgb = torch.einsum("ck,bkhw->bchw", self.to_rgb, z)                # [B, 3, h, w]
+        shortcut = nn.functional.interpolate(rgb, scale_factor=float(self.factor),
+                                             mode="bilinear", align_corners=False)
+        return self.decoder(z) + shortcut
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
