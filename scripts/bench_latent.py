@@ -190,7 +190,7 @@ def table(all_cases: list[Case], rates: dict[str, float]) -> None:
         speedup = f"{rates[ref] / rate:.1f}" if rate and ref in rates else "–"
         print(f"| {case.model} | {case.label} | {list(case.config.data_shape)} | "
               f"{params / 1e6:.1f} M | {TRAIN_PER_FORWARD * flops / 1e9:.1f} | "
-              f"{case.batch or '–'} | {f'{rate:.2f}' if rate else 'not timed'} | "
+              f"{case.batch or '–'} | {f'{rate:.3g}' if rate else 'not timed'} | "
               f"{flops / counts[ref][1]:.1f} | {speedup} |", flush=True)
 
 
