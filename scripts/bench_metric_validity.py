@@ -20,7 +20,6 @@ Features are computed once per condition; the faces are never written anywhere.
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 import time
@@ -194,7 +193,7 @@ def check(rows: dict) -> list[tuple[str, bool]]:
 
 def markdown(rows: dict) -> str:
     floor = np.mean(rows["floor"])
-    lines = [f"| disturbance | level | FID | × floor |", "| --- | ---: | ---: | ---: |",
+    lines = ["| disturbance | level | FID | × floor |", "| --- | ---: | ---: | ---: |",
              f"| none (floor, {len(rows['floor'])} random half-splits) | – | "
              f"{floor:.3g} ± {np.std(rows['floor'], ddof=1):.2g} | 1.0 |",
              f"| horizontal flip | – | {rows['flip']:.3g} | {rows['flip'] / floor:.2f} |"]

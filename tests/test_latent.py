@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import tiny
-from ddpm.autoencoder.config import AutoencoderConfig
 from ddpm.autoencoder.decoding import copy_autoencoder
 from ddpm.autoencoder.files import load_autoencoder, save_autoencoder
 from ddpm.autoencoder.latents import LatentImages, encode_dataset, unit_variance_scale

@@ -720,7 +720,7 @@ def test_solvers_equal_diffusers_fed_the_raw_output(scheduler, prediction, clip_
 def test_public_sampler_defaults_are_the_documented_ones(name):
     # Called without keywords, each sampler is eps-prediction, clipped, on the "uniform"
     # grid (DDIM: η = 0; DDPM: small variance), and keeps no frames.
-    from ddpm.diffusion.samplers import ddim_sample, ddpm_sample
+    from ddpm.diffusion.samplers import ddim_sample
     from ddpm.diffusion.solvers import dpm_solver_pp_sample, unipc_sample
 
     sched = schedule("cosine", 50)

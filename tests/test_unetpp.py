@@ -10,7 +10,6 @@ import torch
 import tiny
 from torch import nn
 
-from ddpm.errors import ConfigError
 from ddpm.models.config import ModelConfig
 from ddpm.models.log_layouts import LOG9 as LOG9_EXACT
 from ddpm.models.registry import ARCHITECTURES, build_model
