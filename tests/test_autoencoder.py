@@ -232,6 +232,9 @@ def test_saved_autoencoder_loads_with_identical_outputs(tmp_path, kind):
     torch.manual_seed(0)
     codec = (Autoencoder(factor=4, **TINY) if kind == "train"
              else PretrainedAutoencoder(tiny_vae()))
+    with torch.no_grad():  # off the untrained start, where the zeroed heads hide the rest
+        for p in codec.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     save_autoencoder(codec, tmp_path, {"autoencoder": {"source": kind}})
     save_autoencoder(codec, tmp_path, {"autoencoder": {"source": kind}})  # replaces cleanly
     loaded = load_autoencoder(tmp_path)
@@ -246,6 +249,16 @@ def test_saved_autoencoder_loads_with_identical_outputs(tmp_path, kind):
     assert record["source"] == kind and record["autoencoder"] == {"source": kind}
     assert (record["factor"], record["latent_channels"]) == (codec.factor, 4)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_weights_saved_before_the_shortcut_are_refused_in_one_line(tmp_path):
+    """They would load without error into today's network and decode wrongly."""
+    save_autoencoder(Autoencoder(factor=4, **TINY), tmp_path, {})
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["format"]
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="before the pooling shortcut.*dvc repro autoencoder"):
+        load_autoencoder(tmp_path)
 
 
 # ---------------------------------------------------------------- batches

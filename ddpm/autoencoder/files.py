@@ -26,6 +26,9 @@ from ddpm.io.atomic import write_atomically, write_json_atomically
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 PRETRAINED_DIR = "pretrained"
+# Our network's weights format: 2 = with the pooling shortcut (network.py). Weights of
+# format 1 load without error into today's network but decode wrongly, so they are refused.
+FORMAT = 2
 
 
 def save_autoencoder(codec: Autoencoder | PretrainedAutoencoder, out_dir: str | Path,
@@ -44,7 +47,7 @@ def save_autoencoder(codec: Autoencoder | PretrainedAutoencoder, out_dir: str | 
     else:
         tensors = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
         write_atomically(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        record.update(source="train", architecture=codec.architecture)
+        record.update(source="train", architecture=codec.architecture, format=FORMAT)
     write_json_atomically(out_dir / CONFIG_FILE, record, sort_keys=True)
 
 
@@ -75,6 +78,10 @@ def load_autoencoder(out_dir: str | Path, device: str | torch.device = "cpu"
     if record["source"] == "pretrained":
         codec: Autoencoder | PretrainedAutoencoder = load_pretrained(out_dir / PRETRAINED_DIR)
     else:
+        if record.get("format") != FORMAT:
+            raise DataError(f"{out_dir}: an autoencoder saved before the pooling shortcut "
+                            f"(format {record.get('format', 1)}, today's {FORMAT}); re-run "
+                            "the autoencoder stage (dvc repro autoencoder)")
         codec = Autoencoder(factor=record["factor"], latent_channels=record["latent_channels"],
                             **record["architecture"])
         codec.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
