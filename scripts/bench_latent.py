@@ -60,7 +60,7 @@ class Case:
     @property
     def slow(self) -> bool:
         """Minutes per step here: timed once, apart from the interleaved rounds."""
-        return tokens(self.config) > 4096 if self.config.arch == "dit" else False
+        return self.config.arch == "dit" and tokens(self.config) > 4096
 
 
 def unet9(img_size: int, space: str) -> ModelConfig:

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from ddpm.autoencoder.config import AutoencoderConfig
-from ddpm.autoencoder.stage import build_autoencoder, pixel_space_outputs
+from ddpm.autoencoder.stage import build_autoencoder, declared_folders, pixel_space_outputs
 from ddpm.config import load_params
 from ddpm.errors import one_line_errors
 from ddpm.models.config import ModelConfig
@@ -28,7 +28,7 @@ def main(params: Path = PARAMS,
     """Train the autoencoder of model.space = latent (or load autoencoder.pretrained) and
     measure it on holdout images: PSNR against bicubic resampling, reconstructions."""
     config = load_params(params, model=ModelConfig, autoencoder=AutoencoderConfig)
-    state.mkdir(parents=True, exist_ok=True)  # a declared output, even where nothing trains
+    declared_folders(state, live)
     if config.model.space != "latent":
         pixel_space_outputs(out, live)
         print("model.space = pixel: no autoencoder")

@@ -29,12 +29,17 @@ from ddpm.io.devices import torch_device
 from ddpm.models.config import ModelConfig
 
 
+def declared_folders(state_dir: str | Path, live_dir: str | Path) -> None:
+    """The folders dvc.yaml declares as outputs, which DVC wants whatever is written to
+    them: in pixel space and from a pretrained source nothing trains into them."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    (Path(live_dir) / "plots").mkdir(parents=True, exist_ok=True)
+
+
 def pixel_space_outputs(out_dir: str | Path, live_dir: str | Path) -> None:
     """Pixel space: constant markers, so nothing downstream sees a change."""
-    out_dir, live_dir = Path(out_dir), Path(live_dir)
-    write_json_atomically(out_dir / "config.json", {"space": "pixel"})
-    (live_dir / "plots").mkdir(parents=True, exist_ok=True)
-    write_json_atomically(live_dir / "metrics.json", {})
+    write_json_atomically(Path(out_dir) / "config.json", {"space": "pixel"})
+    write_json_atomically(Path(live_dir) / "metrics.json", {})
 
 
 def holdout_split(prepared_dir: str | Path, limit: int) -> PreparedImages:
@@ -60,7 +65,6 @@ def build_autoencoder(model: ModelConfig, config: AutoencoderConfig, prepared_di
         codec = load_pretrained(config.pretrained)
         check_shape(codec, model, f"autoencoder.pretrained = {config.pretrained!r}")
         save_autoencoder(codec, out_dir, record)
-        (live_dir / "plots").mkdir(parents=True, exist_ok=True)
         write_json_atomically(live_dir / "metrics.json",
                               quality_summary(codec, _stack(holdout), codec.factor))
     else:
