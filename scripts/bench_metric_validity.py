@@ -86,8 +86,14 @@ def salt_and_pepper(x: np.ndarray, percent: float, rng: np.random.Generator) -> 
 
 def swirl(x: np.ndarray, strength: float) -> np.ndarray:
     """scikit-image's swirl about the centre (θ = strength · exp(−ρ / (r ln 2 / 5)) + atan2),
-    bilinear, edge pixels repeated. Its default radius, 100 px, on the 64 px CelebA
-    images Heusel et al. swirled, scaled to this side."""
+    edge pixels repeated. Its default radius, 100 px, on the 64 px CelebA images
+    Heusel et al. swirled, scaled to this side.
+
+    Bicubic, not scikit-image's default bilinear: at 32 px, bilinear resampling is
+    itself a blur. Measured on 100 faces, bilinear swirl 1 kept 0.53 of the
+    Laplacian energy (a 0.5 px blur keeps 0.43) and swirl 4 0.94, so strength 1
+    scored as a blur and stronger swirls as less disturbed; bicubic keeps 0.86 at
+    strength 1, and the row measures the swirl."""
     n, size = len(x), x.shape[1]
     c, radius = (size - 1) / 2, 100 * size / 64
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64),
@@ -97,7 +103,7 @@ def swirl(x: np.ndarray, strength: float) -> np.ndarray:
     src_x, src_y = c + rho * torch.cos(theta), c + rho * torch.sin(theta)
     grid = torch.stack([src_x / (size - 1) * 2 - 1, src_y / (size - 1) * 2 - 1], -1)
     images = torch.from_numpy(x).permute(0, 3, 1, 2).double()
-    out = F.grid_sample(images, grid.expand(n, -1, -1, -1), mode="bilinear",
+    out = F.grid_sample(images, grid.expand(n, -1, -1, -1), mode="bicubic",
                         padding_mode="border", align_corners=True)
     return out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
