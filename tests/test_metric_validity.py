@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_metric_validity import pixelate, swirl  # noqa: E402
+from bench_metric_validity import pixelate, swirl
 
-from ddpm.metrics.inception_standin import demo_drawings  # noqa: E402
+from ddpm.metrics.inception_standin import demo_drawings
 
 
 def laplacian_energy(x: np.ndarray) -> float:

@@ -1,0 +1,157 @@
+"""Trial (issue 23, item 1): a stand-in Inception whose last blocks learn face layout.
+
+Random weights measure local statistics; the real Inception's disturbance curves
+need features that see structure. This trains only Mixed_7a/7b/7c (the 8×8 blocks
+that make the 2048 pool features) on faces, leaving the stand-in's random,
+BatchNorm-calibrated early blocks as they are:
+
+- the Mixed_6e maps (768×17×17) of `--n-train` faces, and of one random-resized-crop
+  view of each (scale 0.6–1, flipped half the time), are computed once;
+- the top learns which of the four rot90s was applied to the MAP (not the image: it
+  must read where features sit, not what they are), and, with `--consistency` > 0,
+  to give a face and its view the same pool features (relative squared distance),
+  as Inception's scale augmentation taught it;
+- with `--jigsaw` > 0, to tell whether two 6×6 squares of the map were swapped
+  (half the maps are; the view agreement is then taken on intact pairs only);
+- the top's BatchNorms are then re-estimated on the unrotated maps.
+
+    python scripts/standin_trained_top.py ../shared/data/faces-a /tmp/top.pth --skip 600
+    python scripts/bench_metric_validity.py ../shared/data/faces-a --n-half 150 --splits 3 \\
+        --weights /tmp/top.pth --exact-fid
+
+`--skip` must be at least the number of faces the bench scores (2 × n-half), so
+that the weights never saw them. Results: docs/benchmarks.md (t3–t7). Not used by
+the pipeline: no trial met the four conditions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import typer
+from torchvision.transforms import v2
+
+from ddpm.metrics.fid import images_to_tensor
+from ddpm.metrics.inception_standin import (_save_atomically, calibrate_batch_norm,
+                                            folder_images, in_batches, make_dc_free,
+                                            untrained_inception)
+
+BATCH = 64
+
+
+def mixed_6e_maps(model, images) -> torch.Tensor:
+    """The maps blocks 0–2 give, through pytorch-fid's resize and scaling."""
+    out = []
+    with torch.no_grad():
+        for batch in in_batches(images, 50):
+            x = images_to_tensor(batch).contiguous(memory_format=torch.channels_last)
+            x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+            for block in model.blocks[:3]:
+                x = block(x)
+            out.append(x.contiguous())
+    return torch.cat(out)
+
+
+def rotated(maps: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.rot90(m, int(q), dims=(1, 2)) for m, q in zip(maps, k)])
+
+
+def swap_squares(maps: torch.Tensor, which: torch.Tensor, g: torch.Generator,
+                 side: int = 6) -> torch.Tensor:
+    """`maps` with two non-overlapping side×side squares swapped where `which` holds."""
+    out, last = maps.clone(), maps.shape[-1] - side
+    for i in torch.nonzero(which).flatten().tolist():
+        while True:
+            r1, c1, r2, c2 = torch.randint(0, last + 1, (4,), generator=g).tolist()
+            if abs(r1 - r2) >= side or abs(c1 - c2) >= side:
+                break
+        first = out[i, :, r1:r1 + side, c1:c1 + side].clone()
+        out[i, :, r1:r1 + side, c1:c1 + side] = out[i, :, r2:r2 + side, c2:c2 + side]
+        out[i, :, r2:r2 + side, c2:c2 + side] = first
+    return out
+
+
+def train_top(top, maps, views, steps: int, lr: float, consistency: float,
+              jigsaw: float) -> None:
+    head, swapped_head = torch.nn.Linear(2048, 4), torch.nn.Linear(2048, 2)
+    top.requires_grad_(True)  # pytorch-fid builds its Inception frozen
+    opt = torch.optim.Adam([*top.parameters(), *head.parameters(), *swapped_head.parameters()], lr=lr)
+    top.train()
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(len(maps), (BATCH,), generator=g)
+        k = torch.randint(4, (BATCH,), generator=g)
+        x = torch.cat([rotated(maps[idx], k), rotated(views[idx], k)])
+        swapped = torch.zeros(2 * BATCH, dtype=torch.bool)
+        if jigsaw:
+            swapped = torch.rand(2 * BATCH, generator=g) < 0.5
+            x = swap_squares(x, swapped, g)
+        pool = top(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+        rotation = F.cross_entropy(head(pool), torch.cat([k, k]))
+        intact = ~(swapped[:BATCH] | swapped[BATCH:])
+        a, b = pool[:BATCH][intact], pool[BATCH:][intact]
+        spread = ((pool - pool.mean(0)) ** 2).sum(1).mean()
+        agreement = ((a - b) ** 2).sum(1).mean() / spread
+        loss = rotation + consistency * agreement
+        if jigsaw:
+            loss = loss + jigsaw * F.cross_entropy(swapped_head(pool), swapped.long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            print(f"step {step}: rotation {rotation.item():.3f}, view distance "
+                  f"{agreement.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    top.requires_grad_(False)
+
+
+def recalibrate(top, maps) -> None:
+    norms = [m for m in top.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # plain average over batches
+    with torch.no_grad():
+        for i in range(0, len(maps), BATCH):
+            top(maps[i:i + BATCH].contiguous(memory_format=torch.channels_last))
+    for norm in norms:
+        norm.momentum = 0.1
+    top.eval()
+
+
+def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photographs."),
+         out: Path = typer.Argument(..., help="Where to write the weights."),
+         skip: int = typer.Option(600, help="Faces to leave out (the bench's scored ones)."),
+         n_calibrate: int = typer.Option(256, help="Faces for the early BatchNorms."),
+         n_train: int = typer.Option(1600, help="Faces the top learns from."),
+         steps: int = typer.Option(80), lr: float = typer.Option(1e-3),
+         consistency: float = typer.Option(1.0, help="Weight of the view agreement."),
+         jigsaw: float = typer.Option(0.0, help="Weight of the swapped-squares task."),
+         dc_free: str = typer.Option("all", help="Early filters zero-mean: none, first, all.")
+         ) -> None:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    faces = folder_images(faces_dir, n_calibrate + n_train, 32, "celeba", skip=skip)
+    model, network = untrained_inception(0)
+    if dc_free != "none":
+        make_dc_free(network, dc_free)
+    calibrate_batch_norm(model, in_batches(faces[:n_calibrate]))
+    model = model.to(memory_format=torch.channels_last)
+    train = faces[n_calibrate:]
+    torch.manual_seed(1)
+    crop = v2.Compose([v2.RandomResizedCrop(32, scale=(0.6, 1.0), ratio=(0.9, 1.1),
+                                            antialias=True), v2.RandomHorizontalFlip()])
+    views = torch.stack([crop(im) for im in torch.from_numpy(train).permute(0, 3, 1, 2)])
+    maps = mixed_6e_maps(model, train)
+    view_maps = mixed_6e_maps(model, views.permute(0, 2, 3, 1).contiguous().numpy())
+    print(f"maps of {len(train)} faces and views ({time.perf_counter() - start:.0f} s)")
+    train_top(model.blocks[3], maps, view_maps, steps, lr, consistency, jigsaw)
+    recalibrate(model.blocks[3], maps)
+    _save_atomically(network.state_dict(), out)
+    print(f"wrote {out} ({(time.perf_counter() - start) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    typer.run(main)
