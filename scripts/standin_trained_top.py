@@ -78,7 +78,8 @@ def train_top(top, maps, views, steps: int, lr: float, consistency: float,
               jigsaw: float) -> None:
     head, swapped_head = torch.nn.Linear(2048, 4), torch.nn.Linear(2048, 2)
     top.requires_grad_(True)  # pytorch-fid builds its Inception frozen
-    opt = torch.optim.Adam([*top.parameters(), *head.parameters(), *swapped_head.parameters()], lr=lr)
+    weights = [*top.parameters(), *head.parameters(), *swapped_head.parameters()]
+    opt = torch.optim.Adam(weights, lr=lr)
     top.train()
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
