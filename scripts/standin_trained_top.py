@@ -32,27 +32,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import typer
+from pytorch_fid.inception import InceptionV3
 from torchvision.transforms import v2
 
 from ddpm.metrics.fid import images_to_tensor
 from ddpm.metrics.inception_standin import (_save_atomically, calibrate_batch_norm,
                                             folder_images, in_batches, make_dc_free,
-                                            untrained_inception)
+                                            reestimate_batch_norm, untrained_inception)
 
 BATCH = 64
 
 
-def mixed_6e_maps(model, images) -> torch.Tensor:
-    """The maps blocks 0–2 give, through pytorch-fid's resize and scaling."""
-    out = []
-    with torch.no_grad():
-        for batch in in_batches(images, 50):
-            x = images_to_tensor(batch).contiguous(memory_format=torch.channels_last)
-            x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
-            for block in model.blocks[:3]:
-                x = block(x)
-            out.append(x.contiguous())
-    return torch.cat(out)
+def mixed_6e_maps(model: InceptionV3, images) -> torch.Tensor:
+    """The maps of blocks 0–2, by pytorch-fid's own forward (its resize and scaling)
+    told to stop at block 2 instead of the pool features' block 3."""
+    model.output_blocks, model.last_needed_block = [2], 2
+    try:
+        with torch.no_grad():
+            return torch.cat([
+                model(images_to_tensor(batch).contiguous(memory_format=torch.channels_last))[0]
+                .contiguous() for batch in in_batches(images, 50)])
+    finally:
+        model.output_blocks, model.last_needed_block = [3], 3
 
 
 def rotated(maps: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -109,19 +110,6 @@ def train_top(top, maps, views, steps: int, lr: float, consistency: float,
     top.requires_grad_(False)
 
 
-def recalibrate(top, maps) -> None:
-    norms = [m for m in top.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # plain average over batches
-    with torch.no_grad():
-        for i in range(0, len(maps), BATCH):
-            top(maps[i:i + BATCH].contiguous(memory_format=torch.channels_last))
-    for norm in norms:
-        norm.momentum = 0.1
-    top.eval()
-
-
 def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photographs."),
          out: Path = typer.Argument(..., help="Where to write the weights."),
          skip: int = typer.Option(600, help="Faces to leave out (the bench's scored ones)."),
@@ -149,7 +137,8 @@ def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photogr
     view_maps = mixed_6e_maps(model, views.permute(0, 2, 3, 1).contiguous().numpy())
     print(f"maps of {len(train)} faces and views ({time.perf_counter() - start:.0f} s)")
     train_top(model.blocks[3], maps, view_maps, steps, lr, consistency, jigsaw)
-    recalibrate(model.blocks[3], maps)
+    reestimate_batch_norm(model.blocks[3], (maps[i:i + BATCH].contiguous(
+        memory_format=torch.channels_last) for i in range(0, len(maps), BATCH)))
     _save_atomically(network.state_dict(), out)
     print(f"wrote {out} ({(time.perf_counter() - start) / 60:.1f} min)")
 

@@ -115,22 +115,28 @@ def untrained_inception(seed: int) -> tuple[InceptionV3, torch.nn.Module]:
 
 
 def calibrate_batch_norm(model: InceptionV3, batches: Iterable[np.ndarray]) -> None:
-    """Re-estimate every BatchNorm's running mean/variance on `batches` (uint8 [N,H,W,3]).
+    """Re-estimate every BatchNorm's running mean/variance on `batches` (uint8 [N,H,W,3])."""
+    # the model resizes to 299 and scales to [-1, 1] itself
+    reestimate_batch_norm(model, (images_to_tensor(batch) for batch in batches))
+
+
+def reestimate_batch_norm(module: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Re-estimate the running mean/variance of every BatchNorm in `module` on `inputs`.
 
     Train mode normalises each layer by its batch statistics; momentum None makes the
     running statistics their plain average over batches.
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
-    model.train()
+    module.train()
     with torch.no_grad():
-        for batch in batches:
-            model(images_to_tensor(batch))  # resizes to 299, scales to [-1, 1] itself
+        for x in inputs:
+            module(x)
     for norm in norms:
         norm.momentum = 0.1  # torch's default, so the saved module is an ordinary one
-    model.eval()
+    module.eval()
 
 
 DC_FREE_CHOICES = ("none", "first", "all")
