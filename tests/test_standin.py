@@ -1,6 +1,5 @@
 """The stand-in Inception's calibration sources and its refusals (fast: no Inception run)."""
 
-
 import numpy as np
 import pytest
 from PIL import Image
