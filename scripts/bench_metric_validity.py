@@ -235,7 +235,7 @@ def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photogr
     info = weights_info(resolve_weights(weights))
     scorer = Scorer(weights, exact=exact_fid)
     rows = validity_table(scorer, faces, splits)
-    print(f"weights sha256 {info['sha256'][:16]}… official {info['official']}; "
+    print(f"weights sha256 {info['sha256'][:16]}… ({info['kind']}); "
           f"{2 * n_half} faces at {size} px, {n_half} per half; "
           f"FID {'exact low-rank SVD' if exact_fid else 'pytorch-fid sqrtm'}")
     print(markdown(rows))

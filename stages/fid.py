@@ -27,7 +27,8 @@ def main(params: Path = PARAMS,
     device = torch_device("fid", fid.accelerator)
     m = score_samples(samples, ref, out, fid=fid, prepared_dir=data, figures_dir=figures,
                       device=device, autoencoder_dir=autoencoder)
-    official = "" if m["inception_official"] else " (stand-in Inception weights)"
+    official = {"official": "", "ported": " (Inception weights ported from TorchScript)"}.get(
+        m["inception_kind"], " (stand-in Inception weights)")
     blocks, kid, pr, se, swd = (m["fid_blocks"], m["kid"], m["precision_recall"], m["fid_se"],
                                 m["swd"])
     boot = lambda v: "off" if v is None else f"{v:.3f}"  # noqa: E731  (fid.bootstrap = 0)

@@ -62,7 +62,7 @@ def score_samples(samples_dir: str | Path, ref_npz: str | Path, out_json: str | 
                "eta": sample["eta"] if "eta" in reads else None,
                "nfe": samples.get("nfe"),
                "use_ema": sample["use_ema"], "precision": sample.get("precision"),
-               "inception_official": inception["official"],
+               "inception_official": inception["official"], "inception_kind": inception["kind"],
                "inception_sha256": inception["sha256"], **more}
     recon = Path(autoencoder_dir) / RECONSTRUCTIONS if autoencoder_dir else None
     if recon is not None and recon.is_file():

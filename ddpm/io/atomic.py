@@ -55,3 +55,15 @@ def write_npy_atomically(path: str | Path, array) -> None:
             np.save(f, array)
 
     write_atomically(path, save)
+
+
+def torch_save_atomically(obj, path: str | Path) -> None:
+    """torch.save through memory: the file's bytes (so its sha256) then depend on the
+    tensors only, not on the temporary file name torch records inside its archive."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomically(path, buffer.getvalue())

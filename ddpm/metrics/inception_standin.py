@@ -43,7 +43,7 @@ from pytorch_fid.inception import InceptionV3
 from ddpm.data.demo import draw_face
 from ddpm.data.images import prepare_image
 from ddpm.errors import DdpmError
-from ddpm.io.atomic import write_atomically
+from ddpm.io.atomic import torch_save_atomically
 from ddpm.metrics.fid import FEATURE_DIM, images_to_tensor, inception_features, state_dict_source
 
 CALIBRATION_BATCH = 32
@@ -201,14 +201,6 @@ def make_standin_weights(path: Path, n_images: int = 256, seed: int = 0,
     after = feature_spread(inception_features(in_batches(probe), model))
     if after["std_across_images"] < MIN_FEATURE_SPREAD:
         raise RuntimeError(f"stand-in calibration failed: features {after}")
-    _save_atomically(network.state_dict(), path)
+    torch_save_atomically(network.state_dict(), path)
     return {"before": before, "after": after, "calibration_images": len(calibration),
             "size": int(images.shape[1])}
-
-
-def _save_atomically(state_dict: dict, path: Path) -> None:
-    """torch.save through memory: the file's bytes (so its sha256) then depend on the
-    tensors only, not on the temporary file name torch records inside its archive."""
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))

