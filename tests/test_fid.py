@@ -9,6 +9,7 @@ and FID is computed once, and pytorch-fid's own run overlaps ours.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -267,3 +268,47 @@ def test_load_statistics_refuses_missing_or_foreign_files(tmp_path):
     np.savez(foreign, mean=np.zeros(3))
     with pytest.raises(DdpmError, match="expected mu and sigma"):
         fid.load_statistics(foreign)
+
+
+def test_a_reference_from_other_weights_is_refused(tmp_path):
+    """fid.weights is a path, so DVC cannot see the file behind it change: the fid and
+    fid_sweep stages compare the reference's recorded weights with the current ones."""
+    from ddpm.metrics.real_features import check_reference_weights
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"some weights")
+    stats = tmp_path / "stats.npz"
+    info = fid.weights_info(weights)
+    stats.with_suffix(".json").write_text(json.dumps({"inception": info}))
+    check_reference_weights(stats, str(weights))  # the same file: no complaint
+    stats.with_suffix(".json").write_text(json.dumps(
+        {"inception": {"sha256": "ab" * 32, "official": False, "kind": "stand-in"}}))
+    with pytest.raises(DdpmError, match=r"abababababab… \(stand-in\), this run's are "
+                                        rf"{info['sha256'][:12]}… \(stand-in\); rerun the "
+                                        r"fid_ref stage \(dvc repro -f fid_ref\)"):
+        check_reference_weights(stats, str(weights))
+    stats.with_suffix(".json").write_text(json.dumps({"n": 3}))  # made before weights were recorded
+    check_reference_weights(stats, str(weights))
+
+
+
+def test_the_fid_and_sweep_stages_check_the_reference_weights(tmp_path):
+    """Both stages refuse a reference from other weights before any sampling or Inception."""
+    from ddpm.evaluation.config import FidConfig
+    from ddpm.evaluation.sweep import fid_sweep
+    from ddpm.metrics.real_features import features_path
+    from ddpm.metrics.sample_scores import check_inputs
+    from ddpm.sampling.config import SampleConfig
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"some weights")
+    stats = tmp_path / "stats.npz"
+    stats.with_suffix(".json").write_text(json.dumps(
+        {"split": "train", "n": 3, "splits": {},
+         "inception": {"sha256": "ab" * 32, "official": False, "kind": "stand-in"}}))
+    np.savez(features_path(stats), train=np.zeros((3, 2048), np.float32))
+    with pytest.raises(DdpmError, match="made with Inception weights abababababab"):
+        check_inputs(stats, 8, FidConfig(weights=str(weights)))
+    with pytest.raises(DdpmError, match="made with Inception weights abababababab"):
+        fid_sweep(tmp_path / "no-models", stats, tmp_path / "sweep", SampleConfig(), ["ddim"],
+                  [5], 4, weights=str(weights), batch_size=4, bootstrap=0)

@@ -22,7 +22,7 @@ from ddpm.io.figures import save_figure
 from ddpm.io.progress import progress_bar
 from ddpm.metrics.fid import inception_features, load_inception, load_statistics
 from ddpm.metrics.fid_spread import frechet_to_reference, psd_sqrt
-from ddpm.metrics.real_features import load_reference_features
+from ddpm.metrics.real_features import check_reference_weights, load_reference_features
 from ddpm.metrics.resampling import standard_errors
 from ddpm.sampling.config import SampleConfig
 from ddpm.sampling.generate import load_generator, run_sampler
@@ -60,6 +60,7 @@ def fid_sweep(model_dir: str | Path, ref_npz: str | Path, out_dir: str | Path,
     the reference μ, Σ (`n_reference`, at most `fid.max_real`).
     """
     reference = load_reference_features(ref_npz)   # fail before any model or sampling
+    check_reference_weights(ref_npz, weights)
     if min(n, len(reference)) < 3:   # the jackknife leaves a group out and still needs 2
         raise ConfigError(f"FID sweep standard errors need at least 3 samples and 3 reference "
                           f"images, got sample.sweep_n = {n} and {len(reference)} (fid.max_real)")

@@ -75,9 +75,11 @@ def _is_ported(path: str | Path) -> bool:  # pragma: no mutate block (I/O)
 
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, TypeError, pickle.UnpicklingError):
+    except Exception:  # a probe: torch.load of a foreign file raises anything (IndexError…)
         return False
-    return isinstance(state_dict, dict) and tensor_digest(state_dict) == PORTED_DIGEST
+    return (isinstance(state_dict, dict)
+            and all(isinstance(v, torch.Tensor) for v in state_dict.values())
+            and tensor_digest(state_dict) == PORTED_DIGEST)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import numpy as np
 
 from ddpm.errors import DdpmError
 from ddpm.io.atomic import write_atomically
+from ddpm.metrics.fid import resolve_weights, weights_info
 
 SPLITS = ("train", "holdout")
 MEMORISATION_KEYS = ("memorisation_train", "memorisation_train_flipped",
@@ -105,3 +106,23 @@ def load_reference_features(stats_npz: str | Path) -> np.ndarray:
                         f"says μ, Σ are of {meta['n']}; rerun the fid_ref stage "
                         "(dvc repro -f fid_ref)")
     return features
+
+
+def check_reference_weights(stats_npz: str | Path, weights: str) -> None:
+    """One DdpmError when fid_ref's statistics came from other Inception weights than
+    `weights` (fid.weights) resolves to now.
+
+    DVC hashes fid.weights, a path, not the file it names: replacing the stand-in by
+    the ported weights under torch hub's one name would otherwise score new samples
+    against a reference from another network, and the FID would mean nothing.
+    """
+    meta_path = Path(stats_npz).with_suffix(".json")
+    made = json.loads(meta_path.read_text()).get("inception", {})
+    now = weights_info(resolve_weights(weights))
+    if made.get("sha256", now["sha256"]) != now["sha256"]:
+        before = made.get("kind", "official" if made.get("official") else "stand-in")
+        raise DdpmError(f"{meta_path}: the reference was made with Inception weights "
+                        f"{made['sha256'][:12]}… ({before}), this run's are "
+                        f"{now['sha256'][:12]}… ({now['kind']}); rerun the fid_ref stage "
+                        "(dvc repro -f fid_ref)")
+

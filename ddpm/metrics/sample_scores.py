@@ -25,7 +25,8 @@ from ddpm.metrics.fid_spread import fid_blocks
 from ddpm.metrics.kid import kernel_inception_distance
 from ddpm.metrics.memorisation import closest_pairs_grid, memorisation, plot_distances
 from ddpm.metrics.precision_recall import PR_K, precision_recall_equal_n
-from ddpm.metrics.real_features import SPLITS, features_path, load_real_features
+from ddpm.metrics.real_features import (SPLITS, check_reference_weights, features_path,
+                                        load_real_features)
 from ddpm.metrics.resampling import standard_errors
 from ddpm.metrics.swd import sliced_wasserstein_distance
 
@@ -54,6 +55,7 @@ def check_inputs(ref_npz: Path, n_generated: int, fid: FidConfig) -> tuple[dict,
     if "splits" not in reference:
         raise DdpmError(f"{ref_npz}: made before KID and memorisation existed; rerun the "
                         "fid_ref stage (dvc repro -f fid_ref)")
+    check_reference_weights(ref_npz, fid.weights)
     real = load_real_features(features_path(ref_npz))
     if n_generated // fid.splits < 2:
         raise DdpmError(f"fid.splits = {fid.splits}: {n_generated} samples give blocks of "
