@@ -117,9 +117,11 @@ def check_reference_weights(stats_npz: str | Path, weights: str) -> None:
     against a reference from another network, and the FID would mean nothing.
     """
     meta_path = Path(stats_npz).with_suffix(".json")
-    made = json.loads(meta_path.read_text()).get("inception", {})
+    made = json.loads(meta_path.read_text()).get("inception")
+    if not made:  # a reference from before weights were recorded: nothing to compare
+        return
     now = weights_info(resolve_weights(weights))
-    if made.get("sha256", now["sha256"]) != now["sha256"]:
+    if made["sha256"] != now["sha256"]:
         before = made.get("kind", "official" if made.get("official") else "stand-in")
         raise DdpmError(f"{meta_path}: the reference was made with Inception weights "
                         f"{made['sha256'][:12]}… ({before}), this run's are "
