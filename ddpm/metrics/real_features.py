@@ -127,4 +127,3 @@ def check_reference_weights(stats_npz: str | Path, weights: str) -> None:
                         f"{made['sha256'][:12]}… ({before}), this run's are "
                         f"{now['sha256'][:12]}… ({now['kind']}); rerun the fid_ref stage "
                         "(dvc repro -f fid_ref)")
-
