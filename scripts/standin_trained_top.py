@@ -41,7 +41,7 @@ import typer
 from pytorch_fid.inception import InceptionV3
 from torchvision.transforms import v2
 
-from ddpm.io.atomic import torch_save_atomically, write_atomically
+from ddpm.io.atomic import torch_save_atomically
 from ddpm.metrics.fid import images_to_tensor
 from ddpm.metrics.inception_standin import (calibrate_batch_norm,
                                             folder_images, in_batches, make_dc_free,
@@ -72,7 +72,7 @@ def cached(cache: Path | None, name: str, compute: Callable[[], torch.Tensor]) -
     if path.exists():
         return torch.load(path)
     maps = compute()
-    write_atomically(path, lambda tmp: torch.save(maps, tmp))
+    torch_save_atomically(maps, path)
     return maps
 
 
@@ -188,18 +188,22 @@ def main(faces_dir: Path = typer.Argument(..., help="Folder of real face photogr
     torch.manual_seed(1)
     crop = v2.Compose([v2.RandomResizedCrop(32, scale=(0.6, 1.0), ratio=(0.9, 1.1),
                                             antialias=True), v2.RandomHorizontalFlip()])
-    views = torch.stack([crop(im) for im in torch.from_numpy(train).permute(0, 3, 1, 2)])
+    faces_nchw = torch.from_numpy(train).permute(0, 3, 1, 2)
+    views = torch.stack([crop(im) for im in faces_nchw])
     key = f"skip{skip}-cal{n_calibrate}-train{n_train}-dc{dc_free}"
-    maps = cached(maps_cache, f"faces-{key}", lambda: mixed_6e_maps(model, train))
-    view_maps = cached(maps_cache, f"views-{key}", lambda: mixed_6e_maps(
-        model, views.permute(0, 2, 3, 1).contiguous().numpy()))
+
+    def maps_of(name: str, images: torch.Tensor) -> torch.Tensor:
+        """Mixed_6e maps of uint8 [N,3,H,W] `images`, kept as `name` in the cache."""
+        return cached(maps_cache, f"{name}-{key}", lambda: mixed_6e_maps(
+            model, images.permute(0, 2, 3, 1).contiguous().numpy()))
+
+    maps, view_maps = maps_of("faces", faces_nchw), maps_of("views", views)
     straight = bent = None
     if warp:
-        pair = shifted_and_bent(torch.from_numpy(train).permute(0, 3, 1, 2), bend_px,
-                                torch.Generator().manual_seed(2))
-        straight, bent = (cached(maps_cache, f"{name}{bend_px}-{key}", lambda p=p: mixed_6e_maps(
-            model, p.permute(0, 2, 3, 1).contiguous().numpy())) for name, p in
-            zip(["shifted", "bent"], pair))
+        shifted, bent_faces = shifted_and_bent(faces_nchw, bend_px,
+                                               torch.Generator().manual_seed(2))
+        straight = maps_of(f"shifted{bend_px}", shifted)
+        bent = maps_of(f"bent{bend_px}", bent_faces)
     print(f"maps of {len(train)} faces and views ({time.perf_counter() - start:.0f} s)")
     train_top(model.blocks[3], maps, view_maps, steps, lr, consistency, jigsaw, warp,
               straight, bent)
